@@ -1,0 +1,3 @@
+module github.com/scratchbuild/services/exporter
+
+go 1.25

@@ -1,0 +1,3 @@
+module github.com/scratchbuild/services/worker
+
+go 1.25

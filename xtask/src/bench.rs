@@ -1,0 +1,272 @@
+//! `cargo xtask bench`: measures the release against baselines taken in the same run and
+//! prints each figure beside its target as Markdown (also written to
+//! `TARGET_DIR/bench/results.md`).
+//!
+//! Both cold releases start from empty Cargo, Go and Zig caches of their own under
+//! `TARGET_DIR/bench`, so neither warms the other.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::Context as Shared;
+
+/// Base layer budget with the CA bundle and every time zone, in bytes.
+const BASE_LAYER_BUDGET: u64 = 340_000;
+
+/// Wall time and CPU time (user + system, of every waited-for descendant) of one run.
+struct Measured {
+    wall: f64,
+    cpu: f64,
+}
+
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given and keeps no reference.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn measure(command: &mut Command) -> Result<Measured> {
+    let cpu_before = children_cpu_seconds();
+    let start = Instant::now();
+    let output = command.output().with_context(|| format!("starting {command:?}"))?;
+    let wall = start.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed with {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        );
+    }
+    Ok(Measured { wall, cpu: children_cpu_seconds() - cpu_before })
+}
+
+/// A release with its own target directory and compiler caches.
+struct Sandbox {
+    dir: PathBuf,
+}
+
+impl Sandbox {
+    fn fresh(dir: PathBuf) -> Result<Sandbox> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        Ok(Sandbox { dir })
+    }
+
+    fn release(&self, root: &Path, config: &Path, extra: &[&str]) -> Result<Command> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("--root")
+            .arg(root)
+            .arg("--config")
+            .arg(config)
+            .arg("--quiet")
+            .arg("release")
+            .arg("--layout")
+            .arg(self.dir.join("oci"))
+            .arg("--archives")
+            .arg(self.dir.join("archives"))
+            .arg("--report")
+            .arg(self.dir.join("report.json"))
+            .args(extra)
+            .env("CARGO_TARGET_DIR", self.dir.join("target"))
+            .env("GOCACHE", self.dir.join("go-cache"))
+            .env("ZIG_GLOBAL_CACHE_DIR", self.dir.join("zig-cache"))
+            .env("ZIG_LOCAL_CACHE_DIR", self.dir.join("zig-cache"));
+        Ok(command)
+    }
+
+    fn report(&self) -> Result<Value> {
+        let path = self.dir.join("report.json");
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+pub fn run(shared: &Shared, root: &Path, config: &Path) -> Result<()> {
+    let plan = crate::plan::load(root, config, true)?;
+    let bench_dir = plan.target_dir.join("bench");
+    let say = |line: &str| shared.progress.println(line.to_owned());
+
+    say("cold release, one job after another");
+    let one_by_one = Sandbox::fresh(bench_dir.join("one-by-one"))?;
+    let sequential = measure(&mut one_by_one.release(root, config, &["--one-by-one"])?)?;
+
+    say("cold release, in parallel");
+    let parallel_box = Sandbox::fresh(bench_dir.join("parallel"))?;
+    let parallel = measure(&mut parallel_box.release(root, config, &[])?)?;
+    let report = parallel_box.report()?;
+
+    say("no-op release");
+    let mut noop = Vec::new();
+    for _ in 0..5 {
+        noop.push(measure(&mut parallel_box.release(root, config, &[])?)?.wall);
+    }
+    let noop = median(noop);
+
+    say("no-op cargo check");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut check = Command::new(&cargo);
+    check.args(["check", "--quiet", "--package", "xtask"]).current_dir(root);
+    measure(&mut check)?;
+    let mut checks = Vec::new();
+    for _ in 0..5 {
+        checks.push(measure(&mut check)?.wall);
+    }
+    let check = median(checks);
+
+    say("umoci insert of each binary");
+    let umoci = umoci_inserts(&bench_dir.join("umoci"), &report)?;
+
+    let cores = shared.cores as f64;
+    let mut out = String::new();
+    writeln!(out, "Machine: {} cores. Command: `cargo xtask bench`.\n", shared.cores)?;
+    writeln!(out, "| measure | figure | baseline | ratio | target | |")?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    let speedup = sequential.wall / parallel.wall;
+    writeln!(
+        out,
+        "| cold release, wall | {:.1} s | {:.1} s one job after another | {speedup:.2}x faster | at least 1.3x | {} |",
+        parallel.wall,
+        sequential.wall,
+        verdict(speedup >= 1.3)
+    )?;
+    let busy = parallel.wall / (parallel.cpu / cores);
+    writeln!(
+        out,
+        "| cold release, wall | {:.1} s | {:.1} CPU-s / {} cores = {:.1} s | {busy:.2}x | within 1.1x | {} |",
+        parallel.wall,
+        parallel.cpu,
+        shared.cores,
+        parallel.cpu / cores,
+        verdict(busy <= 1.1)
+    )?;
+    let noop_ratio = noop / check;
+    writeln!(
+        out,
+        "| no-op release, wall (median of 5) | {noop:.2} s | {check:.2} s `cargo check -p xtask` | {noop_ratio:.2}x | within 3x | {} |",
+        verdict(noop_ratio <= 3.0)
+    )?;
+    let base = report["base_layer_size"].as_u64().unwrap_or(0);
+    writeln!(
+        out,
+        "| base layer, gzip | {base} bytes | budget {BASE_LAYER_BUDGET} bytes | {:.2} | at most 1.0 | {} |",
+        base as f64 / BASE_LAYER_BUDGET as f64,
+        verdict(base <= BASE_LAYER_BUDGET)
+    )?;
+    writeln!(
+        out,
+        "\nAssembly after the last compiler exits: {:.2} s for every image and platform, layout \
+         and archives included. Per image and platform, against `umoci insert` of the same \
+         binary into an empty image (time; bytes of the new layer):\n",
+        report["assemble_seconds"].as_f64().unwrap_or(0.0)
+    )?;
+    writeln!(out, "| image | platform | ours | umoci insert | time ratio | ours | umoci | size ratio | target: no slower, no larger |")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+    for row in &umoci {
+        let time_ratio = row.ours_seconds / row.umoci_seconds;
+        let size_ratio = row.ours_bytes as f64 / row.umoci_bytes as f64;
+        writeln!(
+            out,
+            "| {} | {} | {:.3} s | {:.3} s | {time_ratio:.2} | {} | {} | {size_ratio:.3} | {} |",
+            row.image,
+            row.platform,
+            row.ours_seconds,
+            row.umoci_seconds,
+            row.ours_bytes,
+            row.umoci_bytes,
+            verdict(time_ratio <= 1.0 && size_ratio <= 1.0)
+        )?;
+    }
+    print!("{out}");
+    crate::blobs::write_atomic(&bench_dir.join("results.md"), out.as_bytes())
+}
+
+struct UmociRow {
+    image: String,
+    platform: String,
+    ours_seconds: f64,
+    ours_bytes: u64,
+    umoci_seconds: f64,
+    umoci_bytes: u64,
+}
+
+/// Inserts each binary of the report into an empty umoci image and measures the time and
+/// the size of the layer that umoci writes.
+fn umoci_inserts(dir: &Path, report: &Value) -> Result<Vec<UmociRow>> {
+    let umoci = which::which("umoci")
+        .context("umoci not found (the benchmark compares with it): run `cargo xtask setup --test-tools`")?;
+    let _ = std::fs::remove_dir_all(dir);
+    let layout = dir.join("layout");
+    let run = |args: &[&str]| -> Result<Measured> {
+        measure(Command::new(&umoci).args(args))
+    };
+    let layout_str = layout.to_string_lossy().into_owned();
+    run(&["init", "--layout", &layout_str])?;
+    run(&["new", "--image", &format!("{layout_str}:empty")])?;
+
+    let mut rows = Vec::new();
+    for image in report["images"].as_array().into_iter().flatten() {
+        for platform in image["platforms"].as_array().into_iter().flatten() {
+            let Some(ours_seconds) = platform["assemble_seconds"].as_f64() else { continue };
+            let binary = platform["binary"].as_str().unwrap_or_default();
+            let name = image["name"].as_str().unwrap_or_default().to_owned();
+            let tag = format!("{}-{}", name, rows.len());
+            let before = blob_sizes(&layout)?;
+            let measured = run(&[
+                "insert",
+                "--image",
+                &format!("{layout_str}:empty"),
+                "--tag",
+                &tag,
+                binary,
+                &format!("/usr/local/bin/{name}"),
+            ])?;
+            let after = blob_sizes(&layout)?;
+            // The largest new blob is the layer; the others are small JSON documents.
+            let layer = after.iter().filter(|(d, _)| !before.iter().any(|(b, _)| b == d)).map(|(_, s)| *s).max();
+            rows.push(UmociRow {
+                image: name,
+                platform: platform["platform"].as_str().unwrap_or_default().to_owned(),
+                ours_seconds,
+                ours_bytes: platform["app_layer_size"].as_u64().unwrap_or(0),
+                umoci_seconds: measured.wall,
+                umoci_bytes: layer.unwrap_or(0),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn blob_sizes(layout: &Path) -> Result<Vec<(String, u64)>> {
+    let mut sizes = Vec::new();
+    for entry in std::fs::read_dir(layout.join("blobs/sha256"))? {
+        let entry = entry?;
+        sizes.push((entry.file_name().to_string_lossy().into_owned(), entry.metadata()?.len()));
+    }
+    Ok(sizes)
+}
