@@ -225,6 +225,15 @@ pub struct WorkspaceMetadata {
 #[serde(deny_unknown_fields)]
 pub struct XtaskMetadata {
     pub base: BaseFiles,
+    pub publish: Option<PublishSettings>,
+}
+
+/// `[workspace.metadata.xtask.publish]`: defaults of `push` and `release --push`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSettings {
+    /// `REGISTRY/NAMESPACE` that images are pushed to.
+    pub target: Option<String>,
 }
 
 /// Lists `DIR/*.toml`, sorted by name, so the plan's order does not depend on the file system.

@@ -13,6 +13,8 @@ mod layer;
 mod oci;
 mod plan;
 mod progress;
+mod push;
+mod registry;
 mod release;
 mod setup;
 mod shell;
@@ -64,6 +66,23 @@ enum Command {
         /// Build one job after another, each with all cores (the benchmark's baseline).
         #[arg(long, hide = true)]
         one_by_one: bool,
+        /// Push the images to REGISTRY/NAMESPACE after writing them; without a value, to the
+        /// `publish.target` of `[workspace.metadata.xtask]` in Cargo.toml.
+        #[arg(long, num_args = 0..=1, value_name = "REGISTRY/NAMESPACE")]
+        push: Option<Option<String>>,
+        #[command(flatten)]
+        publish: PublishArgs,
+    },
+    /// Push an existing OCI layout (from `release`) to a registry without building.
+    Push {
+        /// REGISTRY/NAMESPACE to push to; each image goes to NAMESPACE/IMAGE. By default the
+        /// `publish.target` of `[workspace.metadata.xtask]` in Cargo.toml.
+        target: Option<String>,
+        /// OCI image layout to push; TARGET_DIR/oci by default.
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        #[command(flatten)]
+        publish: PublishArgs,
     },
     /// Measure the release against its baselines and print the results as Markdown.
     Bench,
@@ -77,6 +96,52 @@ enum Command {
         #[arg(long)]
         test_tools: bool,
     },
+}
+
+/// Options of pushing to a registry.
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Media types to push: `oci`, or `docker` (manifest list and schema 2) for registries
+    /// that reject OCI indexes.
+    #[arg(long, value_enum, default_value = "oci")]
+    format: push::Format,
+    /// JSON file that lists each pushed image with its index and platform digests;
+    /// TARGET_DIR/digests.json by default.
+    #[arg(long)]
+    digests_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the registry, besides the system roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Use plain HTTP. Without it, only a loopback registry that does not speak TLS gets
+    /// plain HTTP.
+    #[arg(long)]
+    plain_http: bool,
+    /// Blob uploads at once.
+    #[arg(long, default_value_t = 4)]
+    upload_jobs: usize,
+}
+
+impl PublishArgs {
+    fn options(self, target: String, target_dir: &std::path::Path) -> push::Options {
+        push::Options {
+            target,
+            format: self.format,
+            digests_file: self.digests_file.unwrap_or_else(|| target_dir.join("digests.json")),
+            ca_file: self.ca_file,
+            plain_http: self.plain_http,
+            jobs: self.upload_jobs,
+        }
+    }
+}
+
+/// Returns the push target given on the command line, else the one in Cargo.toml.
+fn push_target(root: &std::path::Path, given: Option<String>) -> Result<String> {
+    match given {
+        Some(target) => Ok(target),
+        None => plan::publish_target(root)?.context(
+            "no push target: pass REGISTRY/NAMESPACE, or set publish.target in              [workspace.metadata.xtask] of Cargo.toml",
+        ),
+    }
 }
 
 /// Shared state of every subcommand.
@@ -109,8 +174,16 @@ fn run(cli: Cli) -> Result<()> {
     let shared = Context { progress: Progress::new(cli.verbose, cli.quiet), cores };
 
     match cli.command {
-        Command::Release { layout, archives, report, one_by_one } => {
+        Command::Release { layout, archives, report, one_by_one, push, publish } => {
             let plan = plan::load(&root, &config_dir, true)?;
+            // Settle the push target before building, so a missing one fails fast.
+            let push_options = match push {
+                Some(target) => Some(publish.options(push_target(&root, target)?, &plan.target_dir)),
+                None => None,
+            };
+            if let Some(options) = &push_options {
+                push::parse_target(&options.target)?;
+            }
             let options = release::Options {
                 one_by_one,
                 layout: layout.unwrap_or_else(|| plan.target_dir.join("oci")),
@@ -121,7 +194,16 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(path) = report {
                 blobs::write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
             }
+            if let Some(push_options) = push_options {
+                push::run(&shared.progress, &options.layout, &push_options)?;
+            }
             Ok(())
+        }
+        Command::Push { target, layout, publish } => {
+            let target_dir = plan::target_dir(&root)?;
+            let options = publish.options(push_target(&root, target)?, &target_dir);
+            let layout = layout.unwrap_or_else(|| target_dir.join("oci"));
+            push::run(&shared.progress, &layout, &options)
         }
         Command::Check => {
             let plan = plan::load(&root, &config_dir, true)?;

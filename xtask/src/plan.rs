@@ -246,6 +246,18 @@ fn load_base(root: &Path, installed: bool) -> Result<(BaseFiles, BTreeSet<String
     Ok((BaseFiles { ca_bundle, zoneinfo }, packages))
 }
 
+/// Returns `publish.target` from the workspace's `[workspace.metadata.xtask]`, if set.
+pub fn publish_target(root: &Path) -> Result<Option<String>> {
+    let manifest: Source<config::CargoManifest> = Source::read(&root.join("Cargo.toml"))?;
+    let publish = manifest.value.workspace.metadata.xtask.publish;
+    Ok(publish.and_then(|publish| publish.target))
+}
+
+/// Returns Cargo's target directory of the workspace at `root`.
+pub fn target_dir(root: &Path) -> Result<PathBuf> {
+    Ok(WorkspaceBinaries::read(root)?.target_dir)
+}
+
 fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
     items.into_iter().map(String::as_str).collect::<Vec<_>>().join(" ")
 }

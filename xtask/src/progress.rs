@@ -80,6 +80,31 @@ impl Progress {
         }
     }
 
+    /// Returns a function that prints a line above the progress lines, for code that runs
+    /// apart from this value (retries in the registry client).
+    pub fn logger(&self) -> std::sync::Arc<dyn Fn(String) + Send + Sync> {
+        let multi = self.multi.clone();
+        let interactive = self.interactive;
+        std::sync::Arc::new(move |line: String| {
+            if interactive {
+                multi.suspend(|| eprintln!("{line}"));
+            } else {
+                eprintln!("{line}");
+            }
+        })
+    }
+
+    /// Adds a byte-count bar of `total` bytes, labelled `label`.
+    pub fn bytes_bar(&self, label: &str, total: u64) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new(total));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:32} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec}")
+                .expect("the progress template is valid"),
+        );
+        bar.set_prefix(label.to_owned());
+        bar
+    }
+
     /// Removes every line, so a final table or error prints cleanly.
     pub fn clear(&self) {
         let bars = self.bars.lock().expect("progress lock");

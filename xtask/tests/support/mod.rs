@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod registry;
 pub mod tls;
 
 use std::net::TcpListener;

@@ -6,17 +6,16 @@ use std::time::{Duration, Instant};
 
 use super::{run, tool};
 
-pub struct TlsServer {
-    pub port: u16,
-    /// The test CA's certificate in PEM form.
-    pub ca_pem: String,
-    child: Child,
+/// A test CA and a server certificate for 127.0.0.1 that it signed, made with openssl.
+pub struct Certificates {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
 }
 
-impl TlsServer {
-    /// Creates a CA and a certificate for 127.0.0.1 in `dir` with openssl, then starts the
-    /// server with it.
-    pub fn start(dir: &Path) -> TlsServer {
+impl Certificates {
+    pub fn create(dir: &Path) -> Certificates {
         std::fs::create_dir_all(dir).unwrap();
         let file = |name: &str| -> PathBuf { dir.join(name) };
         let openssl = tool("openssl");
@@ -46,14 +45,34 @@ impl TlsServer {
             .arg(file("server.ext"))
             .arg("-out")
             .arg(file("server.pem")));
+        Certificates {
+            ca_cert: file("ca.pem"),
+            ca_key: file("ca.key"),
+            server_cert: file("server.pem"),
+            server_key: file("server.key"),
+        }
+    }
+}
 
+pub struct TlsServer {
+    pub port: u16,
+    /// The test CA's certificate in PEM form.
+    pub ca_pem: String,
+    child: Child,
+}
+
+impl TlsServer {
+    /// Creates a CA and a certificate for 127.0.0.1 in `dir`, then starts the server with it.
+    pub fn start(dir: &Path) -> TlsServer {
+        let certificates = Certificates::create(dir);
+        let file = |name: &str| -> PathBuf { dir.join(name) };
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/tls_server.py");
         let port_file = file("port");
         let _ = std::fs::remove_file(&port_file);
         let child = Command::new(tool("python3"))
             .arg(script)
-            .arg(file("server.pem"))
-            .arg(file("server.key"))
+            .arg(&certificates.server_cert)
+            .arg(&certificates.server_key)
             .arg(&port_file)
             .spawn()
             .expect("starting the TLS test server");
@@ -65,7 +84,7 @@ impl TlsServer {
             assert!(Instant::now() < deadline, "the TLS test server did not start");
             std::thread::sleep(Duration::from_millis(50));
         };
-        let ca_pem = std::fs::read_to_string(file("ca.pem")).unwrap();
+        let ca_pem = std::fs::read_to_string(&certificates.ca_cert).unwrap();
         TlsServer { port, ca_pem, child }
     }
 
