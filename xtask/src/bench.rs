@@ -139,8 +139,15 @@ pub fn run(shared: &Shared, root: &Path, config: &Path) -> Result<()> {
     }
     let check = median(checks);
 
+    say("single-platform builds");
+    let host = Sandbox { dir: bench_dir.join("single") };
+    let dev = single_platform(root, config, &plan, &host)?;
+
+    say("assembly of each image alone");
+    let alone = assemble_alone(&plan, &report, &bench_dir.join("alone"))?;
+
     say("umoci insert of each binary");
-    let umoci = umoci_inserts(&bench_dir.join("umoci"), &report)?;
+    let umoci = umoci_inserts(&bench_dir.join("umoci"), &report, &alone)?;
 
     let cores = shared.cores as f64;
     let mut out = String::new();
@@ -171,6 +178,28 @@ pub fn run(shared: &Shared, root: &Path, config: &Path) -> Result<()> {
         "| no-op release, wall (median of 5) | {noop:.2} s | {check:.2} s `cargo check -p xtask` | {noop_ratio:.2}x | within 3x | {} |",
         verdict(noop_ratio <= 3.0)
     )?;
+    for row in &dev.noop {
+        writeln!(
+            out,
+            "| no-op `build {}` (median of 5) | {:.2} s | | | under 0.5 s | {} |",
+            row.0,
+            row.1,
+            verdict(row.1 < 0.5)
+        )?;
+    }
+    for row in &dev.rebuild {
+        let overhead = row.1 / row.2 - 1.0;
+        writeln!(
+            out,
+            "| `build {}` after a one-line change (median of 3) | {:.2} s | {:.2} s bare `{}` | {:+.1}% | under +10% | {} |",
+            row.0,
+            row.1,
+            row.2,
+            row.3,
+            overhead * 100.0,
+            verdict(overhead < 0.10)
+        )?;
+    }
     let base = report["base_layer_size"].as_u64().unwrap_or(0);
     writeln!(
         out,
@@ -181,8 +210,9 @@ pub fn run(shared: &Shared, root: &Path, config: &Path) -> Result<()> {
     writeln!(
         out,
         "\nAssembly after the last compiler exits: {:.2} s for every image and platform, layout \
-         and archives included. Per image and platform, against `umoci insert` of the same \
-         binary into an empty image (time; bytes of the new layer):\n",
+         and archives included. Per image and platform, each assembled alone (app layer, \
+         config and manifest), against `umoci insert` of the same binary into an empty image \
+         (time; bytes of the new layer):\n",
         report["assemble_seconds"].as_f64().unwrap_or(0.0)
     )?;
     writeln!(out, "| image | platform | ours | umoci insert | time ratio | ours | umoci | size ratio | target: no slower, no larger |")?;
@@ -206,6 +236,125 @@ pub fn run(shared: &Shared, root: &Path, config: &Path) -> Result<()> {
     crate::blobs::write_atomic(&bench_dir.join("results.md"), out.as_bytes())
 }
 
+/// No-op and one-line-change timings of single-platform builds.
+struct DevTimes {
+    /// Image and median seconds of a no-op `build IMAGE`.
+    noop: Vec<(String, f64)>,
+    /// Image, median seconds of `build IMAGE` and of the bare compiler command, and that
+    /// command's name, each after a one-line change.
+    rebuild: Vec<(String, f64, f64, String)>,
+}
+
+/// Restores a source file when dropped.
+struct Edit {
+    path: PathBuf,
+    original: Vec<u8>,
+}
+
+impl Edit {
+    fn new(path: PathBuf) -> Result<Edit> {
+        let original = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Edit { path, original })
+    }
+
+    /// Appends a distinct comment line, so the compiler sees a changed file.
+    fn change(&self, number: usize) -> Result<()> {
+        let mut text = self.original.clone();
+        text.extend_from_slice(format!("\n// benchmark edit {number}\n").as_bytes());
+        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+impl Drop for Edit {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.original);
+    }
+}
+
+/// Measures no-op single-platform builds of a Go and a Rust image, and their rebuilds after
+/// a one-line change against the bare compiler command, on this machine's platform.
+fn single_platform(root: &Path, config: &Path, plan: &crate::plan::Plan, sandbox: &Sandbox) -> Result<DevTimes> {
+    let arch = std::env::consts::ARCH;
+    let Some(platform) = plan.platforms.iter().find(|p| p.rust_target.starts_with(&format!("{arch}-"))) else {
+        bail!("no file in targets/ is for this machine ({arch})");
+    };
+    let build = |image: &str| -> Result<Command> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("--root")
+            .arg(root)
+            .arg("--config")
+            .arg(config)
+            .args(["--quiet", "build", image, "--arch", &platform.name, "--layout"])
+            .arg(sandbox.dir.join("oci"));
+        Ok(command)
+    };
+    let median_of = |runs: usize, command: &mut dyn FnMut(usize) -> Result<f64>| -> Result<f64> {
+        let mut times = Vec::new();
+        for run in 0..runs {
+            times.push(command(run)?);
+        }
+        Ok(median(times))
+    };
+
+    let mut times = DevTimes { noop: Vec::new(), rebuild: Vec::new() };
+    for image in ["exporter", "notifier"] {
+        measure(&mut build(image)?)?;
+        let noop = median_of(5, &mut |_| Ok(measure(&mut build(image)?)?.wall))?;
+        times.noop.push((image.to_owned(), noop));
+    }
+
+    let go = plan.go.tool.require()?;
+    let exporter = root.join("services/exporter");
+    let edit = Edit::new(exporter.join("main.go"))?;
+    let ours = median_of(3, &mut |run| {
+        edit.change(2 * run)?;
+        Ok(measure(&mut build("exporter")?)?.wall)
+    })?;
+    let bare = median_of(3, &mut |run| {
+        edit.change(2 * run + 1)?;
+        let mut command = Command::new(go);
+        command
+            .arg("build")
+            .args(&plan.go.flags)
+            .arg(format!("-ldflags={}", plan.go.ldflags.join(" ")))
+            .arg("-o")
+            .arg(sandbox.dir.join("exporter-bare"))
+            .arg(".")
+            .current_dir(&exporter)
+            .envs(&plan.go.env)
+            .envs([("CGO_ENABLED", "0"), ("GOOS", "linux"), ("GOARCH", platform.goarch.as_str())]);
+        Ok(measure(&mut command)?.wall)
+    })?;
+    drop(edit);
+    times.rebuild.push(("exporter".to_owned(), ours, bare, "go build".to_owned()));
+
+    let zigbuild = plan.rust.zigbuild.require()?;
+    let zig = plan.rust.zig.require()?;
+    let edit = Edit::new(root.join("services/notifier/src/main.rs"))?;
+    let ours = median_of(3, &mut |run| {
+        edit.change(2 * run)?;
+        Ok(measure(&mut build("notifier")?)?.wall)
+    })?;
+    let triple = platform.rust_target.to_uppercase().replace('-', "_");
+    let bare = median_of(3, &mut |run| {
+        edit.change(2 * run + 1)?;
+        let mut command = Command::new(zigbuild);
+        command
+            .args(["zigbuild", "--locked", "--profile", &plan.rust.profile, "--target"])
+            .arg(&platform.rust_target)
+            .args(["--package", "notifier", "--bin", "notifier"])
+            .current_dir(root)
+            .env(format!("CARGO_TARGET_{triple}_RUSTFLAGS"), platform.rustflags.join(" "))
+            .env("CARGO_ZIGBUILD_ZIG_PATH", zig)
+            .env("CARGO_ZIGBUILD_PYTHON_PATH", "/nonexistent/python3");
+        Ok(measure(&mut command)?.wall)
+    })?;
+    drop(edit);
+    times.rebuild.push(("notifier".to_owned(), ours, bare, "cargo zigbuild".to_owned()));
+    Ok(times)
+}
+
 struct UmociRow {
     image: String,
     platform: String,
@@ -217,7 +366,34 @@ struct UmociRow {
 
 /// Inserts each binary of the report into an empty umoci image and measures the time and
 /// the size of the layer that umoci writes.
-fn umoci_inserts(dir: &Path, report: &Value) -> Result<Vec<UmociRow>> {
+/// Assembles each image of the report on its own into a fresh store and returns the seconds
+/// each took, by image name and platform.
+fn assemble_alone(plan: &crate::plan::Plan, report: &Value, dir: &Path) -> Result<Vec<(String, String, f64)>> {
+    let _ = std::fs::remove_dir_all(dir);
+    let store = crate::blobs::BlobStore::open(dir)?;
+    let epoch = crate::release::source_date_epoch(&plan.root)?;
+    let base = crate::base::layer(&plan.base)?.write(&store, epoch, 9)?;
+    let mut times = Vec::new();
+    for image_report in report["images"].as_array().into_iter().flatten() {
+        let name = image_report["name"].as_str().unwrap_or_default();
+        let image = plan.images.iter().find(|i| i.name == name).context("image of the report not in the plan")?;
+        for platform_report in image_report["platforms"].as_array().into_iter().flatten() {
+            let platform_name = platform_report["platform"].as_str().unwrap_or_default();
+            let platform = plan
+                .platforms
+                .iter()
+                .find(|p| p.oci_name() == platform_name)
+                .context("platform of the report not in the plan")?;
+            let binary = Path::new(platform_report["binary"].as_str().unwrap_or_default());
+            let start = Instant::now();
+            crate::oci::assemble(&store, &base, image, platform, binary, epoch)?;
+            times.push((name.to_owned(), platform_name.to_owned(), start.elapsed().as_secs_f64()));
+        }
+    }
+    Ok(times)
+}
+
+fn umoci_inserts(dir: &Path, report: &Value, alone: &[(String, String, f64)]) -> Result<Vec<UmociRow>> {
     let umoci = which::which("umoci")
         .context("umoci not found (the benchmark compares with it): run `cargo xtask setup --test-tools`")?;
     let _ = std::fs::remove_dir_all(dir);
@@ -232,9 +408,15 @@ fn umoci_inserts(dir: &Path, report: &Value) -> Result<Vec<UmociRow>> {
     let mut rows = Vec::new();
     for image in report["images"].as_array().into_iter().flatten() {
         for platform in image["platforms"].as_array().into_iter().flatten() {
-            let Some(ours_seconds) = platform["assemble_seconds"].as_f64() else { continue };
             let binary = platform["binary"].as_str().unwrap_or_default();
             let name = image["name"].as_str().unwrap_or_default().to_owned();
+            let platform_name = platform["platform"].as_str().unwrap_or_default();
+            let Some((_, _, ours_seconds)) =
+                alone.iter().find(|(n, p, _)| *n == name && p == platform_name)
+            else {
+                continue;
+            };
+            let ours_seconds = *ours_seconds;
             let tag = format!("{}-{}", name, rows.len());
             let before = blob_sizes(&layout)?;
             let measured = run(&[

@@ -76,7 +76,9 @@ impl BlobWriter {
         let file = self.file.into_inner().map_err(|err| err.into_error())?;
         let target = self.dir.join(digest.trim_start_matches("sha256:"));
         if !target.exists() {
-            persist(file, &target)?;
+            // Not synced: the rename alone keeps an interrupted run from leaving a partial
+            // blob, and `index.json`, which is synced, is written last.
+            rename_readable(file, &target)?;
         }
         Ok(Written { digest, size: self.size })
     }
@@ -109,8 +111,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Syncs a finished temporary file, makes it readable and renames it to `path`.
 pub fn persist(file: NamedTempFile, path: &Path) -> Result<()> {
-    make_readable(&file)?;
     file.as_file().sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    rename_readable(file, path)
+}
+
+/// Makes a finished temporary file readable and renames it to `path`.
+pub fn rename_readable(file: NamedTempFile, path: &Path) -> Result<()> {
+    make_readable(&file)?;
     file.persist(path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::cache::{self, Cache};
 use crate::plan::{BinarySource, Plan};
 use crate::progress::Progress;
 use crate::shell::Command;
@@ -121,7 +122,7 @@ fn build_go(
     let out = out_dir.join(&image.name);
     let partial = out_dir.join(format!(".{}.partial", image.name));
 
-    let mut command = Command::new(go)
+    let build = go_command(plan, go, platform, dir, gopath.as_deref())
         .arg("build")
         .arg("-p")
         .arg(parallel_packages.to_string())
@@ -129,22 +130,35 @@ fn build_go(
         .arg(format!("-ldflags={}", plan.go.ldflags.join(" ")))
         .arg("-o")
         .arg(&partial)
-        .arg(package)
-        .dir(dir);
-    for (key, value) in &plan.go.env {
-        command = command.env(key, value);
-    }
-    for (key, value) in &platform.go_env {
-        command = command.env(key, value);
-    }
-    command = command.env("CGO_ENABLED", "0").env("GOOS", "linux").env("GOARCH", &platform.goarch);
-    if let Some(gopath) = gopath {
-        command = command.env("GO111MODULE", "off").env("GOPATH", gopath);
+        .arg(package);
+
+    // Skip `go build` when no source file it read has changed: its own check costs up to a
+    // second on a large GOPATH tree.
+    let cache = Cache::open(&plan.target_dir);
+    let cache_name = format!("{}-{}", image.name, platform.name);
+    let go_version = plan.go.tool.version.as_ref().map(ToString::to_string).unwrap_or_default();
+    let inputs = format!("{go_version} {}", build.display());
+    if let Some((key, sources)) = cache.go_sources(&cache_name) {
+        if out.is_file() && cache::go_key(&inputs, &sources, &out).ok() == Some(key) {
+            progress.stage(job, "up to date (go build skipped)");
+            return Ok((job, out));
+        }
     }
 
+    // `go list` names the package directories and embedded files that the build reads.
+    // It runs beside the build, as it only reads.
+    let list = go_command(plan, go, platform, dir, gopath.as_deref())
+        .arg("list")
+        .arg("-deps")
+        .arg("-f")
+        .arg("{{if not .Standard}}{{.Dir}}{{range .EmbedFiles}}\t{{.}}{{end}}{{end}}")
+        .arg(package);
     let token = jobserver.acquire().context("waiting for a jobserver token")?;
     progress.stage(job, "compiling (go build)");
-    let result = command.run(progress, None);
+    let (result, listed) = std::thread::scope(|scope| {
+        let listed = scope.spawn(|| list.run(&Progress::new(false, true), None));
+        (build.run(progress, None), listed.join().expect("go list thread"))
+    });
     drop(token);
     result.with_context(context)?;
     // `go build` rewrites its output even when nothing changed. Keeping an identical file
@@ -153,6 +167,11 @@ fn build_go(
         fs::remove_file(&partial).with_context(|| format!("removing {}", partial.display()))?;
     } else {
         fs::rename(&partial, &out).with_context(|| format!("renaming to {}", out.display()))?;
+    }
+    if let Ok(listed) = listed {
+        let sources = cache::GoSources::parse(&listed, dir);
+        let key = cache::go_key(&inputs, &sources, &out)?;
+        cache.store_go_sources(&cache_name, &key, &sources)?;
     }
     Ok((job, out))
 }
@@ -240,6 +259,22 @@ fn build_rust(
         binaries.insert((image, platform), path);
     }
     Ok(binaries)
+}
+
+/// Returns a `go` command in `dir` with the toolchain's and the platform's environment.
+fn go_command(plan: &Plan, go: &Path, platform: &crate::plan::Platform, dir: &Path, gopath: Option<&Path>) -> Command {
+    let mut command = Command::new(go).dir(dir);
+    for (key, value) in &plan.go.env {
+        command = command.env(key, value);
+    }
+    for (key, value) in &platform.go_env {
+        command = command.env(key, value);
+    }
+    command = command.env("CGO_ENABLED", "0").env("GOOS", "linux").env("GOARCH", &platform.goarch);
+    if let Some(gopath) = gopath {
+        command = command.env("GO111MODULE", "off").env("GOPATH", gopath);
+    }
+    command
 }
 
 fn same_content(a: &Path, b: &Path) -> bool {

@@ -65,10 +65,24 @@ impl Cache {
         self.dir.join(kind).join(format!("{name}.json"))
     }
 
-    fn read<T: DeserializeOwned>(&self, kind: &str, name: &str, key: &str) -> Option<T> {
+    fn read_entry<T: DeserializeOwned>(&self, kind: &str, name: &str) -> Option<Entry<T>> {
         let bytes = std::fs::read(self.path(kind, name)).ok()?;
-        let entry: Entry<T> = serde_json::from_slice(&bytes).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn read<T: DeserializeOwned>(&self, kind: &str, name: &str, key: &str) -> Option<T> {
+        let entry: Entry<T> = self.read_entry(kind, name)?;
         (entry.key == key).then_some(entry.value)
+    }
+
+    /// Returns the key and the source list of the last `go build` of `name`.
+    pub fn go_sources(&self, name: &str) -> Option<(String, GoSources)> {
+        let entry: Entry<GoSources> = self.read_entry("go", name)?;
+        Some((entry.key, entry.value))
+    }
+
+    pub fn store_go_sources(&self, name: &str, key: &str, sources: &GoSources) -> Result<()> {
+        self.write("go", name, key, sources)
     }
 
     fn write<T: Serialize>(&self, kind: &str, name: &str, key: &str, value: T) -> Result<()> {
@@ -97,4 +111,54 @@ impl Cache {
         let name = blobs::sha256_hex(archive.to_string_lossy().as_bytes());
         self.write("archives", &name, key, stamp(archive)?)
     }
+}
+
+/// The files a `go build` read outside the standard library: whole package directories
+/// (not their subdirectories) and embedded files.
+#[derive(Serialize, Deserialize)]
+pub struct GoSources {
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+impl GoSources {
+    /// Parses `go list` lines of a directory followed by its embedded files, tab-separated.
+    /// The build's own directory is always included, for `go.mod` and `go.sum`.
+    pub fn parse(listed: &str, build_dir: &Path) -> GoSources {
+        let mut dirs = vec![build_dir.to_owned()];
+        let mut files = Vec::new();
+        for line in listed.lines().filter(|line| !line.trim().is_empty()) {
+            let mut parts = line.split('\t');
+            let dir = PathBuf::from(parts.next().unwrap_or_default());
+            files.extend(parts.map(|file| dir.join(file)));
+            dirs.push(dir);
+        }
+        dirs.sort();
+        dirs.dedup();
+        GoSources { dirs, files }
+    }
+}
+
+/// Returns the key of a Go build: its command line and toolchain version (`inputs`), the
+/// stamp of every file in the source directories and of each embedded file, and the stamp of
+/// the output, so that a replaced binary is rebuilt.
+pub fn go_key(inputs: &str, sources: &GoSources, out: &Path) -> Result<String> {
+    let mut stamps = Vec::new();
+    for dir in &sources.dirs {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            if entry.file_type()?.is_file() {
+                stamps.push((entry.path(), stamp(&entry.path())?));
+            }
+        }
+    }
+    for file in &sources.files {
+        stamps.push((file.clone(), stamp(file)?));
+    }
+    stamps.push((out.to_owned(), stamp(out)?));
+    let inputs = serde_json::json!({ "inputs": inputs, "stamps": stamps });
+    Ok(blobs::sha256_hex(&serde_json::to_vec(&inputs)?))
 }

@@ -7,7 +7,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use flate2::{Compression, GzBuilder};
 use tar::{EntryType, Header};
 
 use crate::blobs::{BlobStore, Written};
@@ -65,17 +64,12 @@ impl Layer {
 
     /// Writes the layer as a gzip-compressed tar into `store`.
     pub fn write(&self, store: &BlobStore, mtime: u64, level: u32) -> Result<LayerBlob> {
-        let blob = store.writer()?;
-        let gzip = GzBuilder::new()
-            .mtime(0)
-            .operating_system(255)
-            .write(blob, Compression::new(level));
-        let diff_writer =
-            self.write_tar(DiffIdWriter { inner: gzip, hasher: Default::default() }, mtime)?;
-        let diff_id = crate::blobs::sha256_digest(diff_writer.hasher);
-        let blob = diff_writer.inner.finish().context("finishing the gzip stream")?;
-        let blob = blob.commit()?;
-        Ok(LayerBlob { blob, diff_id })
+        let tar = self.write_tar(Vec::new(), mtime)?;
+        let (diff_id, compressed) =
+            rayon::join(|| crate::blobs::digest_of(&tar), || crate::gzip::compress(&tar, level));
+        let mut blob = store.writer()?;
+        blob.write_all(&compressed?).context("writing a layer")?;
+        Ok(LayerBlob { blob: blob.commit()?, diff_id })
     }
 
     /// Writes the entries as an uncompressed tar into `out` and returns `out`.
@@ -95,7 +89,7 @@ impl Layer {
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
         let file = self.write_tar(io::BufWriter::new(file), mtime)?;
         let file = file.into_inner().map_err(|err| err.into_error())?;
-        crate::blobs::persist(file, path)
+        crate::blobs::rename_readable(file, path)
     }
 }
 
@@ -135,22 +129,4 @@ fn append<W: Write>(tar: &mut tar::Builder<W>, path: &str, entry: &Entry, mtime:
         }
     }
     Ok(())
-}
-
-/// Hashes the uncompressed tar stream on its way into the compressor.
-struct DiffIdWriter<W> {
-    inner: W,
-    hasher: sha2::Sha256,
-}
-
-impl<W: Write> Write for DiffIdWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(buf)?;
-        sha2::Digest::update(&mut self.hasher, &buf[..written]);
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

@@ -9,13 +9,16 @@ mod cache;
 mod config;
 mod doctor;
 mod elf;
+mod gzip;
 mod layer;
+mod merge;
 mod oci;
 mod plan;
 mod progress;
 mod push;
 mod registry;
 mod release;
+mod run_image;
 mod setup;
 mod shell;
 mod tools;
@@ -46,6 +49,9 @@ struct Cli {
     /// Parallel compiler jobs; the number of cores by default.
     #[arg(short, long, global = true, env = "XTASK_JOBS")]
     jobs: Option<usize>,
+    /// Print one JSON object per event on stdout instead of progress lines and tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,10 +72,58 @@ enum Command {
         /// Build one job after another, each with all cores (the benchmark's baseline).
         #[arg(long, hide = true)]
         one_by_one: bool,
+        /// Build only these platforms (file names in targets/); may be repeated.
+        #[arg(long = "arch", value_name = "PLATFORM")]
+        platforms: Vec<String>,
         /// Push the images to REGISTRY/NAMESPACE after writing them; without a value, to the
         /// `publish.target` of `[workspace.metadata.xtask]` in Cargo.toml.
         #[arg(long, num_args = 0..=1, value_name = "REGISTRY/NAMESPACE")]
         push: Option<Option<String>>,
+        /// Push only blobs and platform manifests, by digest and without tags, for `index` to
+        /// merge; the digests file is TARGET_DIR/digests-PLATFORM.json by default.
+        #[arg(long, value_name = "REGISTRY/NAMESPACE", conflicts_with = "push")]
+        push_by_digest: Option<String>,
+        #[command(flatten)]
+        publish: PublishArgs,
+    },
+    /// Build images for one platform (the host's by default) into the layout, tagged
+    /// `dev-PLATFORM`; only what changed is rebuilt.
+    Build {
+        /// Images to build; every image by default.
+        images: Vec<String>,
+        /// Platform to build: a file name in targets/, or `host`.
+        #[arg(long = "arch", default_value = "host", value_name = "PLATFORM")]
+        platform: String,
+        /// OCI image layout to write; TARGET_DIR/oci by default.
+        #[arg(long)]
+        layout: Option<PathBuf>,
+    },
+    /// Run an image's entrypoint from its files with bubblewrap, as the image's user, with
+    /// its environment and working directory (the host's network is shared).
+    Run {
+        image: String,
+        /// Platform of the image: a file name in targets/, or `host`.
+        #[arg(long = "arch", default_value = "host", value_name = "PLATFORM")]
+        platform: String,
+        /// OCI image layout to read; TARGET_DIR/oci by default.
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        /// Arguments that replace the image's `cmd`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Merge per-platform digests files (from `release --push-by-digest`) into image indexes,
+    /// after checking each digest and platform in the registry, then push them and the tags.
+    Index {
+        /// REGISTRY/NAMESPACE holding the platform manifests.
+        #[arg(long, value_name = "REGISTRY/NAMESPACE")]
+        push: String,
+        /// Tag for every image; each image's own tag by default.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Digests files, one per platform.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[command(flatten)]
         publish: PublishArgs,
     },
@@ -130,6 +184,7 @@ impl PublishArgs {
             ca_file: self.ca_file,
             plain_http: self.plain_http,
             jobs: self.upload_jobs,
+            by_digest: false,
         }
     }
 }
@@ -152,13 +207,34 @@ pub struct Context {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let json = cli.json;
+    let result = run(cli);
+    if json {
+        let mut event = serde_json::json!({ "reason": "finished", "success": result.is_ok() });
+        if let Err(err) = &result {
+            event["error"] = format!("{err:#}").into();
+        }
+        println!("{event}");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Resolves `host` to the platform whose Rust target is for this machine's architecture.
+fn platform_name(plan: &plan::Plan, name: &str) -> Result<String> {
+    if name != "host" {
+        return Ok(name.to_owned());
+    }
+    let arch = std::env::consts::ARCH;
+    let platform = plan.platforms.iter().find(|p| p.rust_target.starts_with(&format!("{arch}-")));
+    platform.map(|p| p.name.clone()).with_context(|| {
+        format!("no file in targets/ is for this machine's architecture ({arch}): pass --arch")
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -171,15 +247,34 @@ fn run(cli: Cli) -> Result<()> {
     let cores = cli.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let shared = Context { progress: Progress::new(cli.verbose, cli.quiet), cores };
+    let progress = Progress::with_json(cli.verbose, cli.quiet, cli.json);
+    let shared = Context { progress, cores };
 
     match cli.command {
-        Command::Release { layout, archives, report, one_by_one, push, publish } => {
+        Command::Release {
+            layout,
+            archives,
+            report,
+            one_by_one,
+            platforms,
+            push,
+            push_by_digest,
+            publish,
+        } => {
             let plan = plan::load(&root, &config_dir, true)?;
             // Settle the push target before building, so a missing one fails fast.
-            let push_options = match push {
-                Some(target) => Some(publish.options(push_target(&root, target)?, &plan.target_dir)),
-                None => None,
+            let push_options = match (push, push_by_digest) {
+                (Some(target), _) => Some(publish.options(push_target(&root, target)?, &plan.target_dir)),
+                (None, Some(target)) => {
+                    let name = if platforms.is_empty() { "all".to_owned() } else { platforms.join("-") };
+                    let mut options = publish.options(target, &plan.target_dir);
+                    if options.digests_file == plan.target_dir.join("digests.json") {
+                        options.digests_file = plan.target_dir.join(format!("digests-{name}.json"));
+                    }
+                    options.by_digest = true;
+                    Some(options)
+                }
+                (None, None) => None,
             };
             if let Some(options) = &push_options {
                 push::parse_target(&options.target)?;
@@ -187,10 +282,15 @@ fn run(cli: Cli) -> Result<()> {
             let options = release::Options {
                 one_by_one,
                 layout: layout.unwrap_or_else(|| plan.target_dir.join("oci")),
-                archives: archives.unwrap_or_else(|| plan.target_dir.join("oci-archives")),
+                archives: Some(archives.unwrap_or_else(|| plan.target_dir.join("oci-archives"))),
+                images: Vec::new(),
+                platforms,
+                dev: false,
             };
             let result = release::run(&shared, &plan, &options)?;
-            release::print_table(&result);
+            if !shared.progress.json() {
+                release::print_table(&result);
+            }
             if let Some(path) = report {
                 blobs::write_atomic(&path, &serde_json::to_vec_pretty(&result)?)?;
             }
@@ -198,6 +298,34 @@ fn run(cli: Cli) -> Result<()> {
                 push::run(&shared.progress, &options.layout, &push_options)?;
             }
             Ok(())
+        }
+        Command::Build { images, platform, layout } => {
+            let plan = plan::load(&root, &config_dir, true)?;
+            let options = release::Options {
+                one_by_one: false,
+                layout: layout.unwrap_or_else(|| plan.target_dir.join("oci")),
+                archives: None,
+                images,
+                platforms: vec![platform_name(&plan, &platform)?],
+                dev: true,
+            };
+            let result = release::run(&shared, &plan, &options)?;
+            if !shared.progress.json() {
+                release::print_table(&result);
+            }
+            Ok(())
+        }
+        Command::Run { image, platform, layout, args } => {
+            let plan = plan::load(&root, &config_dir, false)?;
+            let platform = platform_name(&plan, &platform)?;
+            let layout = layout.unwrap_or_else(|| plan.target_dir.join("oci"));
+            let code = run_image::run(&plan, &layout, &image, &platform, &args)?;
+            std::process::exit(code);
+        }
+        Command::Index { push, tag, files, publish } => {
+            let plan = plan::load(&root, &config_dir, false)?;
+            let options = publish.options(push, &plan.target_dir);
+            merge::run(&shared.progress, &plan, &options, tag.as_deref(), &files)
         }
         Command::Push { target, layout, publish } => {
             let target_dir = plan::target_dir(&root)?;

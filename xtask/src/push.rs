@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::blobs::{self, BlobStore};
@@ -18,7 +18,7 @@ use crate::progress::Progress;
 use crate::registry::{BlobOutcome, Client, Endpoint};
 
 /// Media types written to the registry.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// OCI image index and manifests, as in the layout.
@@ -36,6 +36,8 @@ pub struct Options {
     pub plain_http: bool,
     /// Blob uploads at once.
     pub jobs: usize,
+    /// Push blobs and platform manifests only, without indexes and tags.
+    pub by_digest: bool,
 }
 
 /// A blob to put into a repository, mounted from `mount_from` when given.
@@ -68,22 +70,25 @@ struct LayoutImage {
     platforms: Vec<PlatformImage>,
 }
 
-#[derive(Serialize)]
-struct DigestsFile<'a> {
-    registry: &'a str,
-    format: Format,
-    images: Vec<DigestsEntry>,
+/// The digests file of a push: what signing, deployment and `index` read.
+#[derive(Serialize, Deserialize)]
+pub struct DigestsFile {
+    pub registry: String,
+    pub format: Format,
+    pub images: Vec<DigestsEntry>,
 }
 
-#[derive(Serialize)]
-struct DigestsEntry {
-    name: String,
-    repository: String,
-    tag: String,
+#[derive(Serialize, Deserialize)]
+pub struct DigestsEntry {
+    pub name: String,
+    pub repository: String,
+    pub tag: String,
     /// `HOST/REPOSITORY@DIGEST` of the index.
-    reference: String,
-    digest: String,
-    platforms: BTreeMap<String, String>,
+    pub reference: Option<String>,
+    /// Digest of the index; none for a push by digest, which pushes no index.
+    pub digest: Option<String>,
+    /// Manifest digest by platform (`linux/arm64/v8`).
+    pub platforms: BTreeMap<String, String>,
 }
 
 /// Splits `HOST[:PORT]/NAMESPACE` into host and namespace.
@@ -162,6 +167,15 @@ pub fn run(progress: &Progress, layout: &Path, options: &Options) -> Result<()> 
                 BlobOutcome::Mounted => "mounted",
                 BlobOutcome::Present => "skipped (present)",
             };
+            progress.event(
+                "blob",
+                serde_json::json!({
+                    "repository": task.repository,
+                    "digest": task.digest,
+                    "size": task.size,
+                    "outcome": label,
+                }),
+            );
             let mut counts = counts.lock().expect("counts lock");
             let entry = counts.entry(label).or_default();
             entry.0 += 1;
@@ -177,14 +191,16 @@ pub fn run(progress: &Progress, layout: &Path, options: &Options) -> Result<()> 
         let document = &platform.manifest;
         client.put_manifest(&image.repository, &document.digest, &document.media_type, &document.bytes)
     })?;
-    parallel(&images, options.jobs, |image| {
-        let index = &image.index;
-        client.put_manifest(&image.repository, &index.digest, &index.media_type, &index.bytes)
-    })?;
-    for image in &images {
-        let index = &image.index;
-        client.put_manifest(&image.repository, &image.tag, &index.media_type, &index.bytes)?;
-        progress.println(format!("pushed {host}/{}:{} {}", image.repository, image.tag, index.digest));
+    if !options.by_digest {
+        parallel(&images, options.jobs, |image| {
+            let index = &image.index;
+            client.put_manifest(&image.repository, &index.digest, &index.media_type, &index.bytes)
+        })?;
+        for image in &images {
+            let index = &image.index;
+            client.put_manifest(&image.repository, &image.tag, &index.media_type, &index.bytes)?;
+            pushed(progress, &host, &image.repository, &image.tag, &index.digest);
+        }
     }
 
     let counts = counts.into_inner().expect("counts lock");
@@ -195,9 +211,20 @@ pub fn run(progress: &Progress, layout: &Path, options: &Options) -> Result<()> 
             format!("{label} {blobs} blobs ({bytes} bytes)")
         })
         .collect();
-    println!("blobs: {}", summary.join(", "));
+    eprintln!("blobs: {}", summary.join(", "));
 
     write_digests_file(&host, options, &images)
+}
+
+/// Reports a pushed tag.
+pub fn pushed(progress: &Progress, host: &str, repository: &str, tag: &str, digest: &str) {
+    progress.println(format!("pushed {host}/{repository}:{tag} {digest}"));
+    let fields = serde_json::json!({
+        "repository": format!("{host}/{repository}"),
+        "tag": tag,
+        "digest": digest,
+    });
+    progress.event("pushed", fields);
 }
 
 fn write_digests_file(host: &str, options: &Options, images: &[LayoutImage]) -> Result<()> {
@@ -207,8 +234,9 @@ fn write_digests_file(host: &str, options: &Options, images: &[LayoutImage]) -> 
             name: image.name.clone(),
             repository: image.repository.clone(),
             tag: image.tag.clone(),
-            reference: format!("{host}/{}@{}", image.repository, image.index.digest),
-            digest: image.index.digest.clone(),
+            reference: (!options.by_digest)
+                .then(|| format!("{host}/{}@{}", image.repository, image.index.digest)),
+            digest: (!options.by_digest).then(|| image.index.digest.clone()),
             platforms: image
                 .platforms
                 .iter()
@@ -216,10 +244,14 @@ fn write_digests_file(host: &str, options: &Options, images: &[LayoutImage]) -> 
                 .collect(),
         })
         .collect();
-    let file = DigestsFile { registry: host, format: options.format, images: entries };
-    let bytes = serde_json::to_vec_pretty(&file)?;
-    blobs::write_atomic(&options.digests_file, &bytes)?;
-    println!("digests: {}", options.digests_file.display());
+    let file = DigestsFile { registry: host.to_owned(), format: options.format, images: entries };
+    write_json(&options.digests_file, &file)
+}
+
+/// Writes a digests file and reports its path.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    blobs::write_atomic(path, &serde_json::to_vec_pretty(value)?)?;
+    eprintln!("digests: {}", path.display());
     Ok(())
 }
 

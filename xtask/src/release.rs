@@ -22,8 +22,67 @@ pub struct Options {
     pub one_by_one: bool,
     /// The OCI image layout to write.
     pub layout: PathBuf,
-    /// Directory of the per-image OCI archives.
-    pub archives: PathBuf,
+    /// Directory of the per-image OCI archives; none are written without it.
+    pub archives: Option<PathBuf>,
+    /// Images to build, by name; every image when empty.
+    pub images: Vec<String>,
+    /// Platforms to build, by name; every platform of each image when empty.
+    pub platforms: Vec<String>,
+    /// Tag each image `dev-PLATFORM` instead of its release tag, and keep the other images
+    /// already named in the layout's `index.json`.
+    pub dev: bool,
+}
+
+/// Returns the jobs that `options` selects, checking the names it gives.
+fn select_jobs(plan: &Plan, options: &Options) -> Result<Vec<Job>> {
+    for name in &options.images {
+        if !plan.images.iter().any(|image| &image.name == name) {
+            let known: Vec<&str> = plan.images.iter().map(|i| i.name.as_str()).collect();
+            bail!("unknown image {name:?}: the images are {}", known.join(", "));
+        }
+    }
+    for name in &options.platforms {
+        if !plan.platforms.iter().any(|platform| &platform.name == name) {
+            let known: Vec<&str> = plan.platforms.iter().map(|p| p.name.as_str()).collect();
+            bail!("unknown platform {name:?}: the platforms are {}", known.join(", "));
+        }
+    }
+    let mut jobs = Vec::new();
+    for (index, image) in plan.images.iter().enumerate() {
+        if !options.images.is_empty() && !options.images.contains(&image.name) {
+            continue;
+        }
+        let selected: Vec<usize> = image
+            .platforms
+            .iter()
+            .copied()
+            .filter(|&p| {
+                options.platforms.is_empty() || options.platforms.contains(&plan.platforms[p].name)
+            })
+            .collect();
+        if selected.is_empty() {
+            let own: Vec<&str> = image.platforms.iter().map(|&p| plan.platforms[p].name.as_str()).collect();
+            bail!(
+                "image {} is not built for {}: its platforms are {}",
+                image.name,
+                options.platforms.join(", "),
+                own.join(", ")
+            );
+        }
+        jobs.extend(selected.into_iter().map(|platform| (index, platform)));
+    }
+    Ok(jobs)
+}
+
+/// Returns the reference that names an image in the layout.
+fn reference(plan: &Plan, options: &Options, image: usize, platforms: &[usize]) -> String {
+    let spec = &plan.images[image];
+    if options.dev {
+        let names: Vec<&str> = platforms.iter().map(|&p| plan.platforms[p].name.as_str()).collect();
+        format!("{}:dev-{}", spec.name, names.join("-"))
+    } else {
+        spec.reference()
+    }
 }
 
 /// Sizes, digests and phase times of a release, for the table and for `bench`.
@@ -65,21 +124,16 @@ enum Assembly {
 
 pub fn run(shared: &Shared, plan: &Plan, options: &Options) -> Result<Report> {
     let start = Instant::now();
-    let images: Vec<_> = plan.images.iter().collect();
+    let jobs = select_jobs(plan, options)?;
+    let mut images: Vec<_> = jobs.iter().map(|&(image, _)| &plan.images[image]).collect();
+    images.dedup_by_key(|image| image.name.clone());
     plan.require_tools(&images)?;
     let epoch = source_date_epoch(&plan.root)?;
-    let jobs: Vec<Job> = plan
-        .images
-        .iter()
-        .enumerate()
-        .flat_map(|(image, spec)| spec.platforms.iter().map(move |&platform| (image, platform)))
-        .collect();
     add_rust_targets(shared, plan, &jobs)?;
 
     let progress = &shared.progress;
     for &(image, platform) in &jobs {
-        let label = format!("{} {}", plan.images[image].name, plan.platforms[platform].oci_name());
-        progress.add((image, platform), &label);
+        progress.add((image, platform), &plan.images[image].name, &plan.platforms[platform].oci_name());
     }
     let result = release(plan, options, &jobs, progress, shared.cores, epoch, start);
     progress.clear();
@@ -146,21 +200,25 @@ fn release(
     let mut indexes = Vec::new();
     for (&image, manifests) in &by_image {
         let list: Vec<&Assembled> = manifests.iter().map(|(_, m, _)| m).collect();
-        indexes.push((image, oci::write_index(&store, &plan.images[image], &list)?));
+        let platforms: Vec<usize> = manifests.iter().map(|(p, _, _)| *p).collect();
+        let reference = reference(plan, options, image, &platforms);
+        indexes.push((image, oci::write_index(&store, &reference, &list)?));
     }
-    indexes.par_iter().try_for_each(|(image, index)| {
-        let spec = &plan.images[*image];
-        let path = options.archives.join(format!("{}.tar", spec.name));
-        // The archive's bytes follow from the index descriptor and the mtime alone.
-        let key = format!("{} {} {epoch}", index.descriptor.digest(), spec.reference());
-        if cache.archive_is_current(&path, &key) {
-            return Ok(());
-        }
-        oci::write_archive(&store, index, &path, epoch)?;
-        cache.store_archive(&path, &key)
-    })?;
+    if let Some(archives) = &options.archives {
+        indexes.par_iter().try_for_each(|(image, index)| {
+            let spec = &plan.images[*image];
+            let path = archives.join(format!("{}.tar", spec.name));
+            // The archive's bytes follow from the index descriptor and the mtime alone.
+            let key = format!("{} {} {epoch}", index.descriptor.digest(), index.reference);
+            if cache.archive_is_current(&path, &key) {
+                return Ok(());
+            }
+            oci::write_archive(&store, index, &path, epoch)?;
+            cache.store_archive(&path, &key)
+        })?;
+    }
     let descriptors: Vec<_> = indexes.iter().map(|(_, index)| &index.descriptor).collect();
-    oci::write_layout(&options.layout, &descriptors)?;
+    oci::write_layout(&options.layout, &descriptors, options.dev)?;
     let finished = Instant::now();
 
     let mut images = Vec::new();
@@ -175,6 +233,17 @@ fn release(
                 Assembly::Done { seconds } => ("done", Some(*seconds)),
             };
             progress.finish((*image, *platform), message);
+            progress.event(
+                "image-platform",
+                serde_json::json!({
+                    "image": spec.name,
+                    "platform": plan.platforms[*platform].oci_name(),
+                    "manifest_digest": manifest.manifest.digest().to_string(),
+                    "binary_size": binary_size,
+                    "compressed_size": manifest.compressed_size,
+                    "assembled": assemble_seconds.is_some(),
+                }),
+            );
             platforms.push(PlatformReport {
                 platform: plan.platforms[*platform].oci_name(),
                 binary: binary.clone(),
@@ -185,9 +254,17 @@ fn release(
                 manifest_digest: manifest.manifest.digest().to_string(),
             });
         }
+        progress.event(
+            "image",
+            serde_json::json!({
+                "image": spec.name,
+                "reference": index.reference,
+                "index_digest": index.descriptor.digest().to_string(),
+            }),
+        );
         images.push(ImageReport {
             name: spec.name.clone(),
-            reference: spec.reference(),
+            reference: index.reference.clone(),
             index_digest: index.descriptor.digest().to_string(),
             platforms,
         });

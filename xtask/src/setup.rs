@@ -32,6 +32,8 @@ pub const CHECK_JSONSCHEMA: &str = "check-jsonschema==0.39.0";
 
 pub fn run(shared: &Shared, plan: &Plan, test_tools: bool) -> Result<()> {
     let mut packages: Vec<String> = plan.debian_packages.iter().cloned().collect();
+    // `cargo xtask run` starts images with bubblewrap.
+    packages.push("bubblewrap".to_owned());
     if test_tools {
         packages.extend(TEST_PACKAGES.iter().map(|p| p.to_string()));
     }

@@ -112,7 +112,7 @@ fn plain_push_round_trips_and_skips_blobs() {
     let target = format!("{}/harbor", proxy.host());
     let digests = dir.join("digests.json");
 
-    let first = stdout(&mut push_command(&target, &digests));
+    let first = String::from_utf8(run(&mut push_command(&target, &digests)).stderr).unwrap();
     assert!(first.contains("mounted"), "{first}");
     let uploads = blob_uploads(&proxy);
     // Each blob is uploaded once: the shared base layer goes to one repository and is
@@ -122,7 +122,7 @@ fn plain_push_round_trips_and_skips_blobs() {
     check_pushed(&proxy.host(), &read_digests(&digests), &["--tls-verify=false"]);
 
     let before = proxy.requests().len();
-    let second = stdout(&mut push_command(&target, &digests));
+    let second = String::from_utf8(run(&mut push_command(&target, &digests)).stderr).unwrap();
     assert!(second.contains("uploaded 0 blobs"), "{second}");
     let later_uploads = proxy.requests()[before..]
         .iter()

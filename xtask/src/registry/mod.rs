@@ -151,3 +151,39 @@ impl Client {
         Ok(())
     }
 }
+
+/// Media types a manifest GET accepts: OCI and Docker, images and indexes.
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+impl Client {
+    /// Fetches the manifest `digest` of `repository`, or none when the registry lacks it. The
+    /// bytes are checked against the digest.
+    pub fn get_manifest(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>> {
+        let url = self.url(&format!("v2/{repository}/manifests/{digest}"))?;
+        let headers = [("Accept", MANIFEST_ACCEPT)];
+        self.get_checked(repository, &url, &headers, digest)
+    }
+
+    /// Fetches the blob `digest` of `repository`, or none when the registry lacks it.
+    pub fn get_blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>> {
+        let url = self.url(&format!("v2/{repository}/blobs/{digest}"))?;
+        self.get_checked(repository, &url, &[], digest)
+    }
+
+    fn get_checked(&self, repository: &str, url: &url::Url, headers: &[(&str, &str)], digest: &str) -> Result<Option<Vec<u8>>> {
+        let reply = self.send("GET", url, &[pull_push(repository)], headers, &Body::Empty)?;
+        match reply.status {
+            200 => {}
+            404 => return Ok(None),
+            status => bail!("fetching {digest} from {}/{repository}: HTTP {status}: {}", self.host(), reply.error_text()),
+        }
+        let actual = crate::blobs::digest_of(&reply.body);
+        if actual != digest {
+            bail!("{}/{repository} returned {actual} for {digest}", self.host());
+        }
+        Ok(Some(reply.body))
+    }
+}
