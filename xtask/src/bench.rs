@@ -149,6 +149,9 @@ pub fn run(shared: &Shared, root: &Path, config: &Path) -> Result<()> {
     say("umoci insert of each binary");
     let umoci = umoci_inserts(&bench_dir.join("umoci"), &report, &alone)?;
 
+    say("pushes to a local registry");
+    let pushes = push_timings(root, &parallel_box, &report, &bench_dir.join("push"))?;
+
     let cores = shared.cores as f64;
     let mut out = String::new();
     writeln!(out, "Machine: {} cores. Command: `cargo xtask bench`.\n", shared.cores)?;
@@ -231,6 +234,16 @@ pub fn run(shared: &Shared, root: &Path, config: &Path) -> Result<()> {
             row.umoci_bytes,
             verdict(time_ratio <= 1.0 && size_ratio <= 1.0)
         )?;
+    }
+    writeln!(
+        out,
+        "\nPushing the release to a registry on 127.0.0.1 (the reference registry, plain HTTP), \
+         against `skopeo copy --all` of each image from the same layout, in seconds:\n"
+    )?;
+    writeln!(out, "| case | `cargo xtask push` | `skopeo copy --all` | ratio |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (case, ours, skopeo) in &pushes {
+        writeln!(out, "| {case} | {ours:.2} s | {skopeo:.2} s | {:.2} |", ours / skopeo)?;
     }
     print!("{out}");
     crate::blobs::write_atomic(&bench_dir.join("results.md"), out.as_bytes())
@@ -353,6 +366,85 @@ fn single_platform(root: &Path, config: &Path, plan: &crate::plan::Plan, sandbox
     drop(edit);
     times.rebuild.push(("notifier".to_owned(), ours, bare, "cargo zigbuild".to_owned()));
     Ok(times)
+}
+
+/// Starts Debian's `docker-registry` on a free loopback port with storage under `dir`, and
+/// returns the child process and its `host:port`.
+fn start_registry(dir: &Path) -> Result<(std::process::Child, String)> {
+    let registry = which::which("docker-registry")
+        .context("docker-registry not found (the push benchmark runs it): run `cargo xtask setup --test-tools`")?;
+    std::fs::create_dir_all(dir)?;
+    let config = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+        dir.join("storage").display()
+    );
+    std::fs::write(dir.join("config.yml"), config)?;
+    let log = dir.join("registry.log");
+    let child = Command::new(registry)
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(dir.join("registry.err"))?)
+        .spawn()?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(dir.join("registry.err")).unwrap_or_default()
+            + &std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(start) = text.find("listening on 127.0.0.1:") {
+            let rest = &text[start + "listening on ".len()..];
+            let host: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+            return Ok((child, host));
+        }
+        if Instant::now() > deadline {
+            bail!("docker-registry did not start: {text}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Pushes the parallel release to fresh namespaces of a local registry with `cargo xtask
+/// push` and with `skopeo copy --all`, first with an empty registry and then with every blob
+/// present.
+fn push_timings(root: &Path, sandbox: &Sandbox, report: &Value, dir: &Path) -> Result<Vec<(String, f64, f64)>> {
+    let skopeo = which::which("skopeo")
+        .context("skopeo not found (the push benchmark compares with it): run `cargo xtask setup --test-tools`")?;
+    let _ = std::fs::remove_dir_all(dir);
+    let (mut child, host) = start_registry(dir)?;
+    let layout = sandbox.dir.join("oci");
+    let ours = |namespace: &str| -> Result<f64> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("--root")
+            .arg(root)
+            .args(["--quiet", "push", &format!("{host}/{namespace}"), "--layout"])
+            .arg(&layout)
+            .arg("--digests-file")
+            .arg(dir.join(format!("{namespace}.json")));
+        Ok(measure(&mut command)?.wall)
+    };
+    let theirs = |namespace: &str| -> Result<f64> {
+        let mut total = 0.0;
+        for image in report["images"].as_array().into_iter().flatten() {
+            let name = image["name"].as_str().unwrap_or_default();
+            let reference = image["reference"].as_str().unwrap_or_default();
+            let tag = reference.split(':').nth(1).unwrap_or("latest");
+            let mut command = Command::new(&skopeo);
+            command
+                .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+                .arg(format!("oci:{}:{reference}", layout.display()))
+                .arg(format!("docker://{host}/{namespace}/{name}:{tag}"));
+            total += measure(&mut command)?.wall;
+        }
+        Ok(total)
+    };
+    let result = (|| {
+        let cold = ("empty registry".to_owned(), ours("ours")?, theirs("skopeo")?);
+        let warm = ("every blob present".to_owned(), ours("ours")?, theirs("skopeo")?);
+        Ok(vec![cold, warm])
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 struct UmociRow {

@@ -17,7 +17,7 @@ pub struct BlobStore {
 }
 
 /// A blob in the store: its digest (`sha256:HEX`) and size in bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Written {
     pub digest: String,
     pub size: u64,

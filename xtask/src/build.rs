@@ -241,28 +241,54 @@ fn build_rust(
         .env("CARGO_ZIGBUILD_PYTHON_PATH", "/nonexistent/python3")
         .env("PATH", tools::path_with(&[zig.parent().unwrap_or(Path::new("/")).to_owned()]));
 
-    for job in jobs {
-        progress.stage(*job, "compiling (cargo zigbuild)");
-    }
-    command.run(progress, Some(jobserver)).with_context(context)?;
-
     let profile_dir = if rust.profile == "dev" { "debug" } else { rust.profile.as_str() };
-    let mut binaries = BTreeMap::new();
-    for &(image, platform) in jobs {
-        let BinarySource::Rust { bin, .. } = &plan.images[image].source else { continue };
-        let triple = &plan.platforms[platform].rust_target;
-        let path = plan.target_dir.join(triple).join(profile_dir).join(bin);
-        if !path.is_file() {
-            return Err(anyhow!("cargo zigbuild finished but {} is missing", path.display()))
-                .with_context(context);
+    let outputs: Vec<(Job, PathBuf)> = jobs
+        .iter()
+        .filter_map(|&(image, platform)| {
+            let BinarySource::Rust { bin, .. } = &plan.images[image].source else { return None };
+            let triple = &plan.platforms[platform].rust_target;
+            Some(((image, platform), plan.target_dir.join(triple).join(profile_dir).join(bin)))
+        })
+        .collect();
+
+    // Skip cargo when no file of the workspace's packages changed since its last run with
+    // the same command: even a no-op `cargo zigbuild` costs a few tenths of a second.
+    let cache = Cache::open(&plan.target_dir);
+    let rustc_version = rust.rustc.version.as_ref().map(ToString::to_string).unwrap_or_default();
+    let inputs = format!("{rustc_version} {}", command.display());
+    let output_paths: Vec<&Path> = outputs.iter().map(|(_, path)| path.as_path()).collect();
+    let cache_name = format!("cargo-{}", crate::blobs::sha256_hex(inputs.as_bytes()));
+    let key = || cache::rust_key(&inputs, &plan.root, &plan.rust_package_dirs, &output_paths);
+    let current = output_paths.iter().all(|path| path.is_file())
+        && cache.rust_key(&cache_name).is_some_and(|stored| key().ok() == Some(stored));
+    if current {
+        for job in jobs {
+            progress.stage(*job, "up to date (cargo skipped)");
         }
-        binaries.insert((image, platform), path);
+    } else {
+        for job in jobs {
+            progress.stage(*job, "compiling (cargo zigbuild)");
+        }
+        command.run(progress, Some(jobserver)).with_context(context)?;
+        for (_, path) in &outputs {
+            if !path.is_file() {
+                return Err(anyhow!("cargo zigbuild finished but {} is missing", path.display()))
+                    .with_context(context);
+            }
+        }
+        cache.store_rust_key(&cache_name, &key()?)?;
     }
-    Ok(binaries)
+    Ok(outputs.into_iter().collect())
 }
 
 /// Returns a `go` command in `dir` with the toolchain's and the platform's environment.
-fn go_command(plan: &Plan, go: &Path, platform: &crate::plan::Platform, dir: &Path, gopath: Option<&Path>) -> Command {
+fn go_command(
+    plan: &Plan,
+    go: &Path,
+    platform: &crate::plan::Platform,
+    dir: &Path,
+    gopath: Option<&Path>,
+) -> Command {
     let mut command = Command::new(go).dir(dir);
     for (key, value) in &plan.go.env {
         command = command.env(key, value);

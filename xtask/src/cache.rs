@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::blobs::{self, BlobStore};
+use crate::layer::LayerBlob;
 use crate::oci::Assembled;
 use crate::plan::{Image, Platform};
 
@@ -79,6 +80,26 @@ impl Cache {
     pub fn go_sources(&self, name: &str) -> Option<(String, GoSources)> {
         let entry: Entry<GoSources> = self.read_entry("go", name)?;
         Some((entry.key, entry.value))
+    }
+
+    /// Returns the cached base layer for `key` if its blob is in `store`.
+    pub fn base_layer(&self, key: &str, store: &BlobStore) -> Option<LayerBlob> {
+        let layer: LayerBlob = self.read("base", "layer", key)?;
+        store.path(&layer.blob.digest).is_file().then_some(layer)
+    }
+
+    pub fn store_base_layer(&self, key: &str, layer: &LayerBlob) -> Result<()> {
+        self.write("base", "layer", key, layer)
+    }
+
+    /// Returns the key of the last `cargo zigbuild` named `name`.
+    pub fn rust_key(&self, name: &str) -> Option<String> {
+        let entry: Entry<()> = self.read_entry("cargo", name)?;
+        Some(entry.key)
+    }
+
+    pub fn store_rust_key(&self, name: &str, key: &str) -> Result<()> {
+        self.write("cargo", name, key, ())
     }
 
     pub fn store_go_sources(&self, name: &str, key: &str, sources: &GoSources) -> Result<()> {
@@ -160,5 +181,64 @@ pub fn go_key(inputs: &str, sources: &GoSources, out: &Path) -> Result<String> {
     }
     stamps.push((out.to_owned(), stamp(out)?));
     let inputs = serde_json::json!({ "inputs": inputs, "stamps": stamps });
+    Ok(blobs::sha256_hex(&serde_json::to_vec(&inputs)?))
+}
+
+/// Returns the key of a cargo build: its command line and rustc version (`inputs`), the
+/// stamp of every file under the workspace packages' directories (target directories and
+/// hidden ones left out), of the workspace's `Cargo.toml`, `Cargo.lock` and
+/// `.cargo/config.toml`, and of each output.
+/// NOTE: a build script that reads a file outside the workspace, or an environment variable
+/// not in the command line, is not tracked; dependencies from crates.io are fixed by
+/// `Cargo.lock`.
+pub fn rust_key(inputs: &str, root: &Path, package_dirs: &[PathBuf], outputs: &[&Path]) -> Result<String> {
+    let mut stamps = Vec::new();
+    for name in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
+        let path = root.join(name);
+        if path.exists() {
+            stamps.push((path.clone(), stamp(&path)?));
+        }
+    }
+    for dir in package_dirs {
+        walk(dir, &mut stamps)?;
+    }
+    for output in outputs {
+        stamps.push((output.to_path_buf(), stamp(output)?));
+    }
+    let inputs = serde_json::json!({ "inputs": inputs, "stamps": stamps });
+    Ok(blobs::sha256_hex(&serde_json::to_vec(&inputs)?))
+}
+
+fn walk(dir: &Path, stamps: &mut Vec<(PathBuf, (u64, i64, i64, u64))>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                walk(&entry.path(), stamps)?;
+            }
+        } else if kind.is_file() {
+            stamps.push((entry.path(), stamp(&entry.path())?));
+        }
+    }
+    Ok(())
+}
+
+/// Returns a key over `label` and the stamps of `paths`: files, or directories walked whole.
+pub fn files_key(label: &str, paths: &[&Path]) -> Result<String> {
+    let mut stamps = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut stamps)?;
+        } else {
+            stamps.push((path.to_path_buf(), stamp(path)?));
+        }
+    }
+    let inputs = serde_json::json!({ "label": label, "stamps": stamps });
     Ok(blobs::sha256_hex(&serde_json::to_vec(&inputs)?))
 }

@@ -35,6 +35,7 @@ pub struct Layer {
 }
 
 /// A written layer: the compressed blob and the digest of the uncompressed tar (its diff id).
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct LayerBlob {
     pub blob: Written,
     pub diff_id: String,

@@ -14,6 +14,8 @@ pub struct Plan {
     pub root: PathBuf,
     /// Cargo's target directory; the release writes everything under it.
     pub target_dir: PathBuf,
+    /// Directories of the workspace's Cargo packages, whose files the Rust builds read.
+    pub rust_package_dirs: Vec<PathBuf>,
     pub platforms: Vec<Platform>,
     pub images: Vec<Image>,
     pub go: GoToolchain,
@@ -147,6 +149,7 @@ pub fn load(root: &Path, config_dir: &Path, installed: bool) -> Result<Plan> {
     Ok(Plan {
         root: root.to_owned(),
         target_dir: workspace.target_dir,
+        rust_package_dirs: workspace.package_dirs,
         platforms,
         images,
         go,
@@ -265,6 +268,7 @@ fn join<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
 /// The workspace's Cargo packages and their binary targets, from `cargo metadata`.
 struct WorkspaceBinaries {
     packages: BTreeMap<String, Vec<String>>,
+    package_dirs: Vec<PathBuf>,
     target_dir: PathBuf,
 }
 
@@ -276,7 +280,11 @@ impl WorkspaceBinaries {
             .exec()
             .context("running cargo metadata")?;
         let mut packages = BTreeMap::new();
+        let mut package_dirs = Vec::new();
         for package in metadata.workspace_packages() {
+            if let Some(dir) = package.manifest_path.parent() {
+                package_dirs.push(dir.as_std_path().to_owned());
+            }
             let bins = package
                 .targets
                 .iter()
@@ -286,7 +294,7 @@ impl WorkspaceBinaries {
             packages.insert(package.name.to_string(), bins);
         }
         let target_dir = metadata.target_directory.into_std_path_buf();
-        Ok(WorkspaceBinaries { packages, target_dir })
+        Ok(WorkspaceBinaries { packages, package_dirs, target_dir })
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::blobs::BlobStore;
 use crate::build::{self, Job};
 use crate::cache::Cache;
+use crate::layer::LayerBlob;
 use crate::oci::{self, Assembled};
 use crate::plan::{BinarySource, Plan};
 use crate::progress::Progress;
@@ -156,18 +157,9 @@ fn release(
     };
     let compiled = Instant::now();
 
-    // Check every binary before writing anything that refers to it.
-    jobs.par_iter().try_for_each(|&(image, platform)| {
-        progress.stage((image, platform), "checking");
-        let spec = &plan.images[image];
-        let target = &plan.platforms[platform];
-        elf::check_static(&binaries[&(image, platform)], target.elf_machine)
-            .with_context(|| format!("packaging {} for {}", spec.name, target.oci_name()))
-    })?;
-
     let store = BlobStore::open(&options.layout)?;
-    let base_layer = base::layer(&plan.base)?.write(&store, epoch, 9).context("writing the base layer")?;
     let cache = Cache::open(&plan.target_dir);
+    let base_layer = write_base_layer(plan, &store, &cache, epoch)?;
     let assembled: Vec<(Assembled, Assembly)> = jobs
         .par_iter()
         .map(|&(image, platform)| {
@@ -182,6 +174,11 @@ fn release(
             if let Some(assembled) = cache.assembled(&cache_name, &key, &store) {
                 return Ok((assembled, Assembly::UpToDate));
             }
+            // A binary is checked before anything that refers to it is written. An unchanged
+            // binary passed this check when its cached assembly was made.
+            progress.stage((image, platform), "checking");
+            elf::check_static(binary, target.elf_machine)
+                .with_context(|| format!("packaging {} for {}", spec.name, target.oci_name()))?;
             progress.stage((image, platform), "assembling");
             let started = Instant::now();
             let assembled = oci::assemble(&store, &base_layer, spec, target, binary, epoch)
@@ -275,6 +272,19 @@ fn release(
         assemble_seconds: seconds(finished - compiled),
         base_layer_size: base_layer.blob.size,
     })
+}
+
+/// Writes the base layer, or reuses it when its source files and the mtime are unchanged and
+/// its blob is in the store.
+fn write_base_layer(plan: &Plan, store: &BlobStore, cache: &Cache, epoch: u64) -> Result<LayerBlob> {
+    let sources = [plan.base.ca_bundle.as_path(), plan.base.zoneinfo.as_path()];
+    let key = crate::cache::files_key(&format!("base {epoch}"), &sources)?;
+    if let Some(layer) = cache.base_layer(&key, store) {
+        return Ok(layer);
+    }
+    let layer = base::layer(&plan.base)?.write(store, epoch, 9).context("writing the base layer")?;
+    cache.store_base_layer(&key, &layer)?;
+    Ok(layer)
 }
 
 fn seconds(duration: Duration) -> f64 {
