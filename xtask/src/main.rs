@@ -47,8 +47,8 @@ struct Cli {
     #[arg(long, global = true, env = "XTASK_CONFIG")]
     config: Option<PathBuf>,
     /// Parallel compiler jobs; the number of cores by default.
-    #[arg(short, long, global = true, env = "XTASK_JOBS")]
-    jobs: Option<usize>,
+    #[arg(short, long, global = true, env = "XTASK_JOBS", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Print one JSON object per event on stdout instead of progress lines and tables.
     #[arg(long, global = true)]
     json: bool,
@@ -194,7 +194,7 @@ fn push_target(root: &std::path::Path, given: Option<String>) -> Result<String> 
     match given {
         Some(target) => Ok(target),
         None => plan::publish_target(root)?.context(
-            "no push target: pass REGISTRY/NAMESPACE, or set publish.target in              [workspace.metadata.xtask] of Cargo.toml",
+            "no push target: pass REGISTRY/NAMESPACE, or set publish.target in [workspace.metadata.xtask] of Cargo.toml",
         ),
     }
 }
@@ -244,7 +244,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     let root = root.canonicalize().with_context(|| format!("opening {}", root.display()))?;
     let config_dir = cli.config.unwrap_or_else(|| root.clone());
-    let cores = cli.jobs.unwrap_or_else(|| {
+    let cores = cli.jobs.map(usize::from).unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let progress = Progress::with_json(cli.verbose, cli.quiet, cli.json);
@@ -267,8 +267,9 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(target), _) => Some(publish.options(push_target(&root, target)?, &plan.target_dir)),
                 (None, Some(target)) => {
                     let name = if platforms.is_empty() { "all".to_owned() } else { platforms.join("-") };
+                    let given = publish.digests_file.is_some();
                     let mut options = publish.options(target, &plan.target_dir);
-                    if options.digests_file == plan.target_dir.join("digests.json") {
+                    if !given {
                         options.digests_file = plan.target_dir.join(format!("digests-{name}.json"));
                     }
                     options.by_digest = true;
@@ -339,7 +340,12 @@ fn run(cli: Cli) -> Result<()> {
             for image in &plan.images {
                 let platforms: Vec<String> =
                     image.platforms.iter().map(|&p| plan.platforms[p].oci_name()).collect();
-                println!("{} {}", image.reference(), platforms.join(" "));
+                if shared.progress.json() {
+                    let fields = serde_json::json!({ "reference": image.reference(), "platforms": platforms });
+                    shared.progress.event("plan-image", fields);
+                } else {
+                    println!("{} {}", image.reference(), platforms.join(" "));
+                }
             }
             Ok(())
         }

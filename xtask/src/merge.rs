@@ -75,6 +75,7 @@ pub fn run(
 
     // Check every manifest in the registry and build the indexes; push nothing yet.
     let mut indexes = Vec::new();
+    let mut indexes_docker = false;
     for image in &plan.images {
         let repository = format!("{namespace}/{}", image.name);
         let mut descriptors = Vec::new();
@@ -87,6 +88,7 @@ pub fn run(
             descriptors.push(descriptor);
         }
         let docker = descriptors.iter().any(|d| d.media_type().to_string().contains("docker"));
+        indexes_docker |= docker;
         let mut bytes = crate::oci::index_json(descriptors)?;
         let mut media_type = MediaType::ImageIndex.to_string();
         if docker {
@@ -116,7 +118,8 @@ pub fn run(
             platforms,
         });
     }
-    let format = if entries.is_empty() { push::Format::Oci } else { options.format };
+    let docker = indexes_docker;
+    let format = if docker { push::Format::Docker } else { push::Format::Oci };
     let file = DigestsFile { registry: host, format, images: entries };
     push::write_json(&options.digests_file, &file)
 }

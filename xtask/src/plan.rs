@@ -326,6 +326,9 @@ fn resolve_image(
     let platforms = match &image.platforms {
         None => (0..all_platforms.len()).collect(),
         Some(names) => {
+            if names.is_empty() {
+                bail!("{}: platforms is empty: list at least one, or leave the key out", file.path.display());
+            }
             let mut indexes = Vec::new();
             for name in names {
                 let index = all_platforms.iter().position(|p| &p.name == name.get_ref());
@@ -338,6 +341,9 @@ fn resolve_image(
                         all_platforms.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
                     );
                 };
+                if indexes.contains(&index) {
+                    bail!("{}: platform {:?} is listed twice", file.at(name), name.get_ref());
+                }
                 indexes.push(index);
             }
             indexes

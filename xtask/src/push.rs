@@ -150,7 +150,8 @@ pub fn run(progress: &Progress, layout: &Path, options: &Options) -> Result<()> 
     let counts = Mutex::new(BTreeMap::<&str, (usize, u64)>::new());
     for tasks in [&uploads, &mounts] {
         parallel(tasks, options.jobs, |task| {
-            let label = format!("{} {}", task.repository, &task.digest[7..19]);
+            let short = task.digest.get(7..19).unwrap_or(task.digest);
+            let label = format!("{} {short}", task.repository);
             let bar = progress.bytes_bar(&label, task.size);
             let path = store.path(task.digest);
             let outcome = client.push_blob(

@@ -61,6 +61,11 @@ fn select_jobs(plan: &Plan, options: &Options) -> Result<Vec<Job>> {
                 options.platforms.is_empty() || options.platforms.contains(&plan.platforms[p].name)
             })
             .collect();
+        // An image named on the command line must have the platform; with no names, images
+        // without it are left out.
+        if selected.is_empty() && options.images.is_empty() {
+            continue;
+        }
         if selected.is_empty() {
             let own: Vec<&str> = image.platforms.iter().map(|&p| plan.platforms[p].name.as_str()).collect();
             bail!(
@@ -71,6 +76,9 @@ fn select_jobs(plan: &Plan, options: &Options) -> Result<Vec<Job>> {
             );
         }
         jobs.extend(selected.into_iter().map(|platform| (index, platform)));
+    }
+    if jobs.is_empty() {
+        bail!("no image is built for {}", options.platforms.join(", "));
     }
     Ok(jobs)
 }
@@ -310,9 +318,10 @@ pub fn source_date_epoch(root: &Path) -> Result<u64> {
     match text.trim().parse() {
         Ok(epoch) if output.status.success() => Ok(epoch),
         _ => bail!(
-            "cannot read the last commit's time in {}: set SOURCE_DATE_EPOCH to the \
+            "cannot read the last commit's time in {} ({}): set SOURCE_DATE_EPOCH to the \
              images' timestamp in seconds since 1970",
-            root.display()
+            root.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
         ),
     }
 }

@@ -17,7 +17,8 @@ pub fn run(plan: &Plan, layout: &Path, image: &str, platform: &str, args: &[Stri
         bail!("unknown image {image:?}: the images are {}", known.join(", "));
     };
     let Some(target) = plan.platforms.iter().find(|p| p.name == platform) else {
-        bail!("unknown platform {platform:?}");
+        let known: Vec<&str> = plan.platforms.iter().map(|p| p.name.as_str()).collect();
+        bail!("unknown platform {platform:?}: the platforms are {}", known.join(", "));
     };
     let store = BlobStore::open(layout)?;
     let index_path = layout.join("index.json");
@@ -43,7 +44,9 @@ pub fn run(plan: &Plan, layout: &Path, image: &str, platform: &str, args: &[Stri
     let wanted = crate::oci::oci_platform(target)?;
     let manifest_entry = image_index["manifests"].as_array().into_iter().flatten().find(|m| {
         serde_json::to_value(&wanted).is_ok_and(|w| {
-            m["platform"]["architecture"] == w["architecture"] && m["platform"]["os"] == w["os"]
+            m["platform"]["architecture"] == w["architecture"]
+                && m["platform"]["os"] == w["os"]
+                && m["platform"]["variant"] == w["variant"]
         })
     });
     let Some(manifest_entry) = manifest_entry else {

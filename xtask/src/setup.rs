@@ -91,7 +91,14 @@ fn pip_install(shared: &Shared, root: &Path, requirements: &[String]) -> Result<
     let python = which::which("python3").context(
         "python3 not found (setup installs Go and Zig with pip): run `apt-get install python3-pip`",
     )?;
+    let has_pip = duct::cmd!(&python, "-m", "pip", "--version").stdout_null().stderr_null().run().is_ok();
+    if !has_pip {
+        install_debian_packages(shared, &["python3-pip".to_owned()])?;
+    }
     Command::new(python)
+        // Debian marks its Python as externally managed; `--target` installs into
+        // .tools/python only, so the marker does not apply. Older pips ignore the variable.
+        .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
         .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade"])
         .arg("--target")
         .arg(tools::python_dir(root))
@@ -127,7 +134,7 @@ pub fn debian_package_installed(package: &str) -> bool {
         .stdout_capture()
         .unchecked()
         .run()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).ends_with("installed"))
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "install ok installed")
 }
 
 fn is_root() -> bool {

@@ -151,3 +151,12 @@ fn good_config_checks() {
     let output = support::stdout(xtask().arg("--config").arg(&config).arg("check"));
     assert!(output.contains("registry:2.8 linux/amd64 linux/arm64/v8"), "{output}");
 }
+
+#[test]
+fn duplicate_platform_is_named() {
+    let config = config_copy("duplicate-platform");
+    edit(&config.join("images/worker.toml"), "tag = \"0.1.0\"", "tag = \"0.1.0\"\nplatforms = [\"amd64\", \"amd64\"]");
+    let err = check_fails(&config, &[]);
+    assert!(err.contains("images/worker.toml:3"), "{err}");
+    assert!(err.contains("platform \"amd64\" is listed twice"), "{err}");
+}

@@ -71,8 +71,13 @@ fn docker_config_path() -> Option<PathBuf> {
 pub fn credentials_for(host: &str) -> Result<Option<Credentials>> {
     let username = std::env::var("XTASK_REGISTRY_USERNAME").ok().filter(|v| !v.is_empty());
     if let Some(username) = username {
-        let password = std::env::var("XTASK_REGISTRY_PASSWORD")
-            .context("XTASK_REGISTRY_USERNAME is set but XTASK_REGISTRY_PASSWORD is not")?;
+        // The value never goes into an error, as std's own errors would quote it.
+        let password = match std::env::var_os("XTASK_REGISTRY_PASSWORD") {
+            None => bail!("XTASK_REGISTRY_USERNAME is set but XTASK_REGISTRY_PASSWORD is not"),
+            Some(value) => value
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("XTASK_REGISTRY_PASSWORD is not valid UTF-8"))?,
+        };
         return Ok(Some(Credentials { username, password }));
     }
 
@@ -82,8 +87,15 @@ pub fn credentials_for(host: &str) -> Result<Option<Credentials>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
     };
-    let config: DockerConfig =
-        serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+    // serde's messages quote the offending value, which may be a credential.
+    let config: DockerConfig = serde_json::from_str(&text).map_err(|err| {
+        anyhow::anyhow!(
+            "invalid {} at line {} column {}: expected the Docker config format",
+            path.display(),
+            err.line(),
+            err.column()
+        )
+    })?;
 
     if let Some(helper) = config.cred_helpers.get(host) {
         return run_helper(helper, host);
@@ -94,8 +106,9 @@ pub fn credentials_for(host: &str) -> Result<Option<Credentials>> {
         if let Some(encoded) = &auth.auth {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(encoded.trim())
-                .with_context(context)?;
-            let pair = String::from_utf8(decoded).with_context(context)?;
+                .map_err(|_| anyhow::anyhow!("{}: `auth` is not base64", context()))?;
+            let pair = String::from_utf8(decoded)
+                .map_err(|_| anyhow::anyhow!("{}: `auth` is not UTF-8", context()))?;
             let Some((username, password)) = pair.split_once(':') else {
                 bail!("{}: expected base64 of USER:PASSWORD", context());
             };
@@ -136,8 +149,9 @@ fn run_helper(helper: &str, host: &str) -> Result<Option<Credentials>> {
         }
         bail!("credential helper {program} failed for {host} with {}", output.status);
     }
-    let parsed: HelperOutput = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("invalid output of the credential helper {program}"))?;
+    let parsed: HelperOutput = serde_json::from_slice(&output.stdout).map_err(|_| {
+        anyhow::anyhow!("invalid output of the credential helper {program}: expected Username and Secret")
+    })?;
     Ok(Some(Credentials { username: parsed.username, password: parsed.secret }))
 }
 

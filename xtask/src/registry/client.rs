@@ -268,7 +268,15 @@ impl Client {
         let authorization = self.authorize(&challenge, scopes)?;
         self.authorizations.lock().expect("authorization lock").insert(key, authorization.clone());
         let reply = self.send_raw(method, url, headers, Some(&authorization), body)?;
-        if reply.status == 401 || reply.status == 403 {
+        if reply.status == 403 {
+            return Err(Failure::Final(anyhow!(
+                "{} denied {method} {} (HTTP 403: {}): check that the account may push there",
+                self.host,
+                url.path(),
+                reply.error_text()
+            )));
+        }
+        if reply.status == 401 {
             let hint = if self.credentials.is_some() {
                 "check the user name and password"
             } else {
@@ -330,8 +338,12 @@ impl Client {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                let token: Token = serde_json::from_slice(&reply.body).map_err(|err| {
-                    Failure::Final(anyhow!("invalid token response from {}: {err}", url.host_str().unwrap_or("?")))
+                // serde's message would quote the body, which holds the token.
+                let token: Token = serde_json::from_slice(&reply.body).map_err(|_| {
+                    Failure::Final(anyhow!(
+                        "invalid token response from {}: expected a JSON object with `token`",
+                        url.host_str().unwrap_or("?")
+                    ))
                 })?;
                 let token = token.token.or(token.access_token).ok_or_else(|| {
                     Failure::Final(anyhow!("the token response from {} has no token", url.host_str().unwrap_or("?")))
