@@ -220,6 +220,7 @@ fn push_survives_faults_in_order() {
         server_errors: [12, 20].into(),
         slow_bytes_per_second: Some(40 << 20),
         reject_manifests: false,
+        forget_uploads: [6].into(),
     };
     let proxy = Proxy::start(registry.port, faults);
     let target = format!("{}/harbor", proxy.host());
@@ -229,6 +230,7 @@ fn push_survives_faults_in_order() {
     assert!(output.status.success(), "{err}");
     assert!(err.contains("retrying"), "{err}");
     assert!(err.contains("restarting the upload"), "{err}");
+    assert!(err.contains("the registry forgot the upload session"), "{err}");
 
     let pushed = read_digests(&digests);
     check_pushed(&proxy.host(), &pushed, &["--tls-verify=false"]);

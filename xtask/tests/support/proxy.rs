@@ -23,6 +23,9 @@ pub struct Faults {
     pub slow_bytes_per_second: Option<u64>,
     /// Answer every manifest PUT with 400 MANIFEST_INVALID.
     pub reject_manifests: bool,
+    /// Blob uploads (counted like `drop_blob_puts`) that get 404 BLOB_UPLOAD_UNKNOWN, as from
+    /// a registry that forgot the upload session.
+    pub forget_uploads: BTreeSet<usize>,
 }
 
 /// One request as the proxy saw it; `status` 0 when the proxy cut the connection.
@@ -125,7 +128,11 @@ fn serve(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
         };
         let faults = &shared.faults;
         let is_blob_put = method == "PUT" && path.contains("/blobs/uploads/") && length > 0;
-        let injected = if faults.too_many_requests.contains(&number) {
+        let blob_put = if is_blob_put { shared.blob_puts.fetch_add(1, Ordering::SeqCst) + 1 } else { 0 };
+        let injected = if faults.forget_uploads.contains(&blob_put) {
+            let body = r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#;
+            Some(("404 Not Found", "Content-Type: application/json\r\n", body.to_owned()))
+        } else if faults.too_many_requests.contains(&number) {
             Some(("429 Too Many Requests", "Retry-After: 1\r\n", String::new()))
         } else if faults.unavailable.contains(&number) {
             Some(("503 Service Unavailable", "Content-Type: text/html\r\n", "<html>maintenance</html>".to_owned()))
@@ -147,8 +154,7 @@ fn serve(client: TcpStream, shared: &Shared) -> std::io::Result<()> {
 
         let mut upstream = TcpStream::connect(("127.0.0.1", shared.upstream))?;
         upstream.write_all(upstream_head.as_bytes())?;
-        let drop_this = is_blob_put
-            && faults.drop_blob_puts.contains(&(shared.blob_puts.fetch_add(1, Ordering::SeqCst) + 1));
+        let drop_this = faults.drop_blob_puts.contains(&blob_put);
         let mut remaining = length;
         let mut buffer = vec![0u8; 16 * 1024];
         while remaining > 0 {
