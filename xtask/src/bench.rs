@@ -65,13 +65,8 @@ impl Sandbox {
     }
 
     fn release(&self, root: &Path, config: &Path, extra: &[&str]) -> Result<Command> {
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = xtask(root, config)?;
         command
-            .arg("--root")
-            .arg(root)
-            .arg("--config")
-            .arg(config)
-            .arg("--quiet")
             .arg("release")
             .arg("--layout")
             .arg(self.dir.join("oci"))
@@ -92,6 +87,13 @@ impl Sandbox {
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         Ok(serde_json::from_slice(&bytes)?)
     }
+}
+
+/// Returns a quiet command running this xtask binary on the workspace `root`.
+fn xtask(root: &Path, config: &Path) -> Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("--root").arg(root).arg("--config").arg(config).arg("--quiet");
+    Ok(command)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -292,13 +294,9 @@ fn single_platform(root: &Path, config: &Path, plan: &crate::plan::Plan, sandbox
         bail!("no file in targets/ is for this machine ({arch})");
     };
     let build = |image: &str| -> Result<Command> {
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = xtask(root, config)?;
         command
-            .arg("--root")
-            .arg(root)
-            .arg("--config")
-            .arg(config)
-            .args(["--quiet", "build", image, "--arch", &platform.name, "--layout"])
+            .args(["build", image, "--arch", &platform.name, "--layout"])
             .arg(sandbox.dir.join("oci"));
         Ok(command)
     };
@@ -412,11 +410,9 @@ fn push_timings(root: &Path, sandbox: &Sandbox, report: &Value, dir: &Path) -> R
     let (mut child, host) = start_registry(dir)?;
     let layout = sandbox.dir.join("oci");
     let ours = |namespace: &str| -> Result<f64> {
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = xtask(root, root)?;
         command
-            .arg("--root")
-            .arg(root)
-            .args(["--quiet", "push", &format!("{host}/{namespace}"), "--layout"])
+            .args(["push", &format!("{host}/{namespace}"), "--layout"])
             .arg(&layout)
             .arg("--digests-file")
             .arg(dir.join(format!("{namespace}.json")));
