@@ -1,5 +1,5 @@
 //! The base layer that every image shares: what a static binary expects to find on a system.
-//! It holds no binary, so one blob serves every platform.
+//! It contains no binary, so one blob serves every platform.
 
 use std::collections::HashMap;
 use std::fs;

@@ -2,7 +2,7 @@
 //!
 //! Every struct rejects unknown keys, so a misspelled key is an error that names the file, the
 //! line and the key. Values that need checking beyond their type keep their span
-//! (`toml::Spanned`) so that `plan` can point at the line that holds them.
+//! (`toml::Spanned`) so that `plan` can point at the line that contains them.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -157,7 +157,7 @@ fn default_user() -> Spanned<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoSource {
-    /// Module directory relative to the repository root (holds `go.mod`).
+    /// Module directory relative to the repository root (contains `go.mod`).
     pub module: Option<String>,
     /// GOPATH tree to build in GOPATH mode (`GO111MODULE=off`).
     pub gopath: Option<String>,

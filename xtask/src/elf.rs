@@ -7,7 +7,7 @@ use goblin::elf::program_header::PT_INTERP;
 use goblin::elf::Elf;
 
 /// Checks that `path` is an ELF executable for `machine` with no program interpreter and no
-/// shared-library dependencies, so it runs in an image that holds no libc.
+/// shared-library dependencies, so it runs in an image that contains no libc.
 pub fn check_static(path: &Path, machine: u16) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let elf = Elf::parse(&bytes).with_context(|| format!("{} is not an ELF file", path.display()))?;

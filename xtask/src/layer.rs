@@ -11,7 +11,7 @@ use tar::{EntryType, Header};
 
 use crate::blobs::{BlobStore, Written};
 
-/// What an entry holds.
+/// Content of an entry.
 pub enum Content {
     Directory,
     Bytes(Vec<u8>),

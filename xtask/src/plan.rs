@@ -382,7 +382,7 @@ fn resolve_image(
     };
 
     // TODO: a file whose path equals the binary's, or one of its parent directories,
-    // silently replaces that entry in the app layer; reject such paths here.
+    // silently replaces that entry in the app layer. Reject such paths here.
     let mut files = Vec::new();
     for extra in &image.files {
         let extra_value = extra.get_ref();

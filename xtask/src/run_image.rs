@@ -41,13 +41,12 @@ pub fn run(plan: &Plan, layout: &Path, image: &str, platform: &str, args: &[Stri
         );
     };
     let image_index = read_json(&store, entry["digest"].as_str().unwrap_or_default())?;
-    let wanted = crate::oci::oci_platform(target)?;
+    let expected = serde_json::to_value(crate::oci::oci_platform(target)?)?;
     let manifest_entry = image_index["manifests"].as_array().into_iter().flatten().find(|m| {
-        serde_json::to_value(&wanted).is_ok_and(|w| {
-            m["platform"]["architecture"] == w["architecture"]
-                && m["platform"]["os"] == w["os"]
-                && m["platform"]["variant"] == w["variant"]
-        })
+        let platform = &m["platform"];
+        platform["architecture"] == expected["architecture"]
+            && platform["os"] == expected["os"]
+            && platform["variant"] == expected["variant"]
     });
     let Some(manifest_entry) = manifest_entry else {
         bail!("the image {image} in {} has no {} manifest", layout.display(), target.oci_name());

@@ -89,6 +89,14 @@ fn tags(registry: &Registry, repository: &str) -> Vec<String> {
     value["tags"].as_array().into_iter().flatten().map(|t| t.as_str().unwrap().to_owned()).collect()
 }
 
+/// Returns the manifest digest that a digests file names for `image` on `platform`.
+fn platform_digest(path: &Path, image: &str, platform: &str) -> String {
+    let file: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let images = file["images"].as_array().unwrap();
+    let entry = images.iter().find(|i| i["name"] == image).unwrap();
+    entry["platforms"][platform].as_str().unwrap().to_owned()
+}
+
 fn index_digests(path: &Path) -> Vec<(String, String)> {
     let file: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let mut digests: Vec<(String, String)> = file["images"]
@@ -147,17 +155,8 @@ fn split_and_merge_equals_full_release() {
     assert!(!output.status.success());
     assert!(err.contains("the digests files lack exporter for linux/arm64/v8"), "{err}");
 
-    let arm64: Value = serde_json::from_slice(&std::fs::read(&files[1]).unwrap()).unwrap();
     let text = std::fs::read_to_string(&files[1]).unwrap();
-    let worker_arm64 = arm64["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "worker")
-        .unwrap()["platforms"]["linux/arm64/v8"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let worker_arm64 = platform_digest(&files[1], "worker", "linux/arm64/v8");
     let unknown = dir.join("unknown-digest.json");
     let fake = format!("sha256:{}", "0".repeat(64));
     std::fs::write(&unknown, text.replace(&worker_arm64, &fake)).unwrap();
@@ -166,16 +165,7 @@ fn split_and_merge_equals_full_release() {
     assert!(!output.status.success());
     assert!(err.contains(&format!("names manifest {fake} that {host}/split/worker does not have")), "{err}");
 
-    let amd64: Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
-    let worker_amd64 = amd64["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == "worker")
-        .unwrap()["platforms"]["linux/amd64"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let worker_amd64 = platform_digest(&files[0], "worker", "linux/amd64");
     let mismatch = dir.join("mismatch.json");
     std::fs::write(&mismatch, text.replace(&worker_arm64, &worker_amd64)).unwrap();
     let output = merge(&[files[0].clone(), mismatch], &dir.join("bad.json"));

@@ -14,7 +14,7 @@ use support::proxy::{Faults, Proxy};
 use support::registry::{Auth, Registry, PASSWORD, USERNAME};
 use support::{run, stdout, tool, xtask, Release};
 
-/// The release every push test publishes, made once for this test binary.
+/// Returns the release every push test publishes, made once for this test binary.
 fn release() -> &'static Release {
     static RELEASE: OnceLock<Release> = OnceLock::new();
     RELEASE.get_or_init(|| Release::run("push-release"))

@@ -3,7 +3,7 @@
 //! Written on ureq rather than taken from a registry crate: the Rust OCI clients (oci-client)
 //! are async, retry nothing, take blobs as byte vectors with no progress, and decide the
 //! upload flow themselves. Publishing here needs a byte count per blob for the progress bars,
-//! retries that honour `Retry-After`, a restart when a registry forgets an upload session,
+//! retries that honour `Retry-After`, a restart when a registry loses an upload session,
 //! cross-repository mounts with a fallback, and one error line that names the registry's own
 //! error code, in a code base that is otherwise synchronous.
 
@@ -53,7 +53,7 @@ pub enum Body<'a> {
     File { path: &'a std::path::Path, size: u64, progress: Option<&'a ProgressBar> },
 }
 
-/// How a request failed.
+/// Kind of a request failure.
 enum Failure {
     /// Worth another attempt after a wait: a connection error, 408, 429 or 5xx.
     Transient { error: anyhow::Error, retry_after: Option<Duration> },
@@ -189,7 +189,7 @@ impl Client {
         endpoint.plain_http = true;
         let plain = Client::new(&endpoint, log.clone())?;
         let probe = plain.agent.get(plain.base.join("v2/")?.as_str()).call();
-        // Go's TLS servers answer a plain request with 400 and this sentence.
+        // Go's TLS servers reply to a plain request with 400 and this sentence.
         let speaks_tls = match probe {
             Ok(mut response) => {
                 let body = response.body_mut().read_to_string().unwrap_or_default();
@@ -217,7 +217,7 @@ impl Client {
         Ok(self.base.join(path)?)
     }
 
-    /// Sends a request, retrying transient failures with backoff, and answering an
+    /// Sends a request, retrying transient failures with backoff, and responding to an
     /// authentication challenge once. `scopes` are the token scopes the request needs.
     pub fn send(&self, method: &str, url: &Url, scopes: &[String], headers: &[(&str, &str)], body: &Body) -> Result<Reply> {
         let mut attempt = 0;
@@ -338,7 +338,7 @@ impl Client {
                     token: Option<String>,
                     access_token: Option<String>,
                 }
-                // serde's message would quote the body, which holds the token.
+                // serde's message would quote the body, which contains the token.
                 let token: Token = serde_json::from_slice(&reply.body).map_err(|_| {
                     Failure::Final(anyhow!(
                         "invalid token response from {}: expected a JSON object with `token`",

@@ -21,7 +21,7 @@ pub struct Faults {
     pub server_errors: BTreeSet<usize>,
     /// Throttle for forwarded request bodies, in bytes per second.
     pub slow_bytes_per_second: Option<u64>,
-    /// Answer every manifest PUT with 400 MANIFEST_INVALID.
+    /// Reply to every manifest PUT with 400 MANIFEST_INVALID.
     pub reject_manifests: bool,
     /// Blob uploads (counted like `drop_blob_puts`) that get 404 BLOB_UPLOAD_UNKNOWN, as from
     /// a registry that forgot the upload session.
